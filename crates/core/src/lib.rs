@@ -1,0 +1,32 @@
+//! Tollgate's pure domain: money, the price book and Spend & Save tiers,
+//! billing cycles, ledger rules and holds.
+//!
+//! No IO, no async, no SQL, no serialisation: every function here is a
+//! deterministic computation over values, with the current time passed in.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod clock;
+pub mod commands;
+pub mod cycle;
+pub mod hold;
+pub mod ids;
+pub mod ledger;
+pub mod money;
+pub mod pricing;
+
+pub use clock::{Clock, ManualClock};
+pub use commands::{Actor, GrantCommand, HoldCommand, InvalidCommand, NewAccount, UsageCommand};
+pub use cycle::{BillingCycle, CycleAnchor, NextTier, SpendState, Timestamp};
+pub use hold::{HoldEvent, HoldNotActive, HoldStatus, HoldTtl};
+pub use ids::{AccountId, ActionId, IdempotencyKey, InvalidId, Quantity, TierId};
+pub use ledger::{
+    BalanceDelta, Balances, BillingMode, InsufficientFunds, JournalTransaction, LedgerAccount,
+    TransactionKind, Transfer,
+};
+pub use money::{Micros, MoneyOverflow, ParseMoneyError};
+pub use pricing::{
+    AccountPlan, ActionSpec, ChargeQuote, DiscountPercent, PriceBook, PriceBookError, PriceSource,
+    PricingError, TierBasis, TierIndex, TierSpec, UnitPrice,
+};

@@ -1,0 +1,297 @@
+//! The embedded store: SQLite in WAL mode with `synchronous=FULL`, one
+//! writer thread that group-commits, and a small pool of read connections.
+
+mod ops;
+mod rows;
+mod verify;
+mod writer;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::Connection;
+use tokio::sync::Semaphore;
+use tollgate_core::{
+    AccountId, Clock, GrantCommand, HoldCommand, Micros, NewAccount, PriceBook, Quantity, TierBasis,
+    Timestamp, UsageCommand,
+};
+
+use crate::{
+    AccountRecord, ApiKeyRecord, AuditRecord, HoldRecord, Idempotent, LedgerReport, MAX_BATCH_EVENTS, Page,
+    PageRequest, Store, StoreError, StoreResult, TransactionLine, UsageRecord,
+};
+pub use writer::{MAX_JOBS_PER_COMMIT, WRITER_QUEUE_CAPACITY};
+
+mod embedded {
+    refinery::embed_migrations!("migrations/sqlite");
+}
+
+/// Read connections kept open; WAL lets them read while the writer writes.
+pub const READ_CONNECTIONS: usize = 4;
+
+/// What every operation prices and times with.
+pub struct StoreRules {
+    /// The price book and tiers.
+    pub price_book: Arc<PriceBook>,
+    /// Cycle or lifetime tiers.
+    pub tier_basis: TierBasis,
+    /// The source of "now".
+    pub clock: Arc<dyn Clock>,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> StoreError {
+        StoreError::Database(error.to_string())
+    }
+}
+
+struct ReadPool {
+    connections: Mutex<Vec<Connection>>,
+    permits: Semaphore,
+}
+
+/// The SQLite implementation of [`Store`].
+pub struct SqliteStore {
+    writer: writer::Writer,
+    readers: Arc<ReadPool>,
+    rules: Arc<StoreRules>,
+}
+
+fn open_connection(path: &Path) -> StoreResult<Connection> {
+    let connection = Connection::open(path)?;
+    // FULL: a commit is on disk before its callers hear of it.
+    connection.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA busy_timeout = 5000;",
+    )?;
+    Ok(connection)
+}
+
+/// Applies pending migrations to the SQLite file at `path` (created if missing).
+pub fn migrate(path: &Path) -> StoreResult<()> {
+    let mut connection = open_connection(path)?;
+    embedded::migrations::runner()
+        .run(&mut connection)
+        .map_err(|error| StoreError::Database(format!("migration failed: {error}")))?;
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating as needed) the database at `path`.
+    pub fn open(path: &Path, rules: StoreRules) -> StoreResult<SqliteStore> {
+        migrate(path)?;
+        let rules = Arc::new(rules);
+        let write_connection = open_connection(path)?;
+        let writer = writer::Writer::start(write_connection, rules.clone())
+            .map_err(|error| StoreError::Database(format!("could not start the writer thread: {error}")))?;
+        let mut connections = Vec::with_capacity(READ_CONNECTIONS);
+        for _ in 0..READ_CONNECTIONS {
+            let connection = open_connection(path)?;
+            connection.execute_batch("PRAGMA query_only = ON;")?;
+            connections.push(connection);
+        }
+        Ok(SqliteStore {
+            writer,
+            readers: Arc::new(ReadPool {
+                connections: Mutex::new(connections),
+                permits: Semaphore::new(READ_CONNECTIONS),
+            }),
+            rules,
+        })
+    }
+
+    /// The rules this store prices with.
+    pub fn rules(&self) -> &StoreRules {
+        &self.rules
+    }
+
+    async fn read<T, F>(&self, operation: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, Timestamp, &StoreRules) -> StoreResult<T> + Send + 'static,
+    {
+        let _permit = self
+            .readers
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Unavailable)?;
+        let readers = self.readers.clone();
+        let rules = self.rules.clone();
+        tokio::task::spawn_blocking(move || {
+            let connection = readers
+                .connections
+                .lock()
+                .map_err(|_| StoreError::Unavailable)?
+                .pop()
+                .ok_or(StoreError::Unavailable)?;
+            let result = operation(&connection, rules.clock.now(), &rules);
+            if let Ok(mut pool) = readers.connections.lock() {
+                pool.push(connection);
+            }
+            result
+        })
+        .await
+        .map_err(|_| StoreError::Unavailable)?
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_account(&self, account: NewAccount) -> StoreResult<AccountRecord> {
+        self.writer
+            .write(move |context| ops::create_account(context, &account))
+            .await
+    }
+
+    async fn account(&self, id: &AccountId) -> StoreResult<AccountRecord> {
+        let id = id.clone();
+        self.read(move |connection, now, _| {
+            rows::load_account(connection, &id, now)?
+                .map(|stored| stored.record)
+                .ok_or_else(|| StoreError::NotFound {
+                    what: "account",
+                    id: id.to_string(),
+                })
+        })
+        .await
+    }
+
+    async fn list_accounts(&self, page: PageRequest) -> StoreResult<Page<AccountRecord>> {
+        self.read(move |connection, now, _| rows::list_accounts(connection, &page, now))
+            .await
+    }
+
+    async fn charge_usage(&self, command: UsageCommand) -> StoreResult<Idempotent<UsageRecord>> {
+        self.writer
+            .write(move |context| ops::charge_usage(context, &command))
+            .await
+    }
+
+    async fn charge_usage_batch(
+        &self,
+        commands: Vec<UsageCommand>,
+    ) -> StoreResult<Vec<StoreResult<Idempotent<UsageRecord>>>> {
+        if commands.len() > MAX_BATCH_EVENTS {
+            return Err(StoreError::BatchTooLarge);
+        }
+        self.writer
+            .write(move |context| {
+                Ok(commands
+                    .iter()
+                    .map(|command| {
+                        writer::in_savepoint(context.connection, "event", || {
+                            ops::charge_usage(context, command)
+                        })
+                    })
+                    .collect())
+            })
+            .await
+    }
+
+    async fn grant(&self, command: GrantCommand) -> StoreResult<Idempotent<TransactionLine>> {
+        self.writer
+            .write(move |context| ops::grant(context, &command))
+            .await
+    }
+
+    async fn place_hold(&self, command: HoldCommand) -> StoreResult<Idempotent<HoldRecord>> {
+        self.writer
+            .write(move |context| ops::place_hold(context, &command))
+            .await
+    }
+
+    async fn capture_hold(
+        &self,
+        hold_id: &str,
+        quantity: Quantity,
+    ) -> StoreResult<(HoldRecord, UsageRecord)> {
+        let hold_id = hold_id.to_owned();
+        // The inner result lets a lazily expired hold commit its release while the capture is refused.
+        self.writer
+            .write(move |context| ops::capture_hold(context, &hold_id, quantity))
+            .await?
+    }
+
+    async fn void_hold(&self, hold_id: &str) -> StoreResult<HoldRecord> {
+        let hold_id = hold_id.to_owned();
+        self.writer
+            .write(move |context| ops::void_hold(context, &hold_id))
+            .await?
+    }
+
+    async fn hold(&self, hold_id: &str) -> StoreResult<HoldRecord> {
+        let hold_id = hold_id.to_owned();
+        self.read(move |connection, _, _| {
+            rows::load_hold(connection, &hold_id)?.ok_or(StoreError::NotFound {
+                what: "hold",
+                id: hold_id,
+            })
+        })
+        .await
+    }
+
+    async fn expire_holds(&self, limit: usize) -> StoreResult<usize> {
+        self.writer
+            .write(move |context| ops::expire_due_holds(context, limit))
+            .await
+    }
+
+    async fn transactions(
+        &self,
+        account: &AccountId,
+        page: PageRequest,
+    ) -> StoreResult<Page<TransactionLine>> {
+        let account = account.clone();
+        self.read(move |connection, _, _| rows::list_transactions(connection, &account, &page))
+            .await
+    }
+
+    async fn daily_usage(
+        &self,
+        account: &AccountId,
+        since: Timestamp,
+    ) -> StoreResult<Vec<(time::Date, String, Micros)>> {
+        let account = account.clone();
+        self.read(move |connection, _, _| rows::daily_usage(connection, &account, since))
+            .await
+    }
+
+    async fn verify_ledger(&self) -> StoreResult<LedgerReport> {
+        self.read(|connection, _, rules| verify::verify(connection, rules))
+            .await
+    }
+
+    async fn insert_api_key(&self, key: ApiKeyRecord) -> StoreResult<()> {
+        self.writer
+            .write(move |context| rows::insert_api_key(context.connection, &key))
+            .await
+    }
+
+    async fn api_key_by_hash(&self, key_hash: &str) -> StoreResult<Option<ApiKeyRecord>> {
+        let key_hash = key_hash.to_owned();
+        self.read(move |connection, _, _| rows::api_key_by_hash(connection, &key_hash))
+            .await
+    }
+
+    async fn count_api_keys(&self) -> StoreResult<u64> {
+        self.read(|connection, _, _| rows::count_api_keys(connection))
+            .await
+    }
+
+    async fn audit_log(&self, page: PageRequest) -> StoreResult<Page<AuditRecord>> {
+        self.read(move |connection, _, _| rows::list_audit(connection, &page))
+            .await
+    }
+
+    async fn health(&self) -> StoreResult<()> {
+        self.read(|connection, _, _| {
+            connection.query_row("SELECT 1", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+    }
+}

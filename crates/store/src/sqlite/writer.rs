@@ -1,0 +1,133 @@
+//! The single writer: one thread owns the write connection and commits
+//! everything that arrived while the previous commit was syncing in one
+//! transaction (group commit). Each job runs in its own savepoint, so a
+//! refused job leaves no trace while its neighbours commit.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+use tollgate_core::Timestamp;
+
+use super::StoreRules;
+use crate::{StoreError, StoreResult};
+
+/// Most jobs committed together; bounds the time one commit holds replies back.
+pub const MAX_JOBS_PER_COMMIT: usize = 512;
+/// Jobs that may wait for the writer before callers feel back-pressure.
+pub const WRITER_QUEUE_CAPACITY: usize = 16_384;
+
+/// What a job sees: the open transaction, the time, and the rules.
+pub struct WriteContext<'a> {
+    /// The write connection, inside a transaction and the job's savepoint.
+    pub connection: &'a Connection,
+    /// The time of this job, read once.
+    pub now: Timestamp,
+    /// Price book, tier basis.
+    pub rules: &'a StoreRules,
+}
+
+type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
+type Job = Box<dyn FnOnce(&WriteContext<'_>) -> Completion + Send>;
+
+/// A handle to the writer thread.
+#[derive(Clone)]
+pub struct Writer {
+    jobs: mpsc::Sender<Job>,
+}
+
+/// Runs `operation` inside a savepoint: its writes stay only if it succeeds.
+pub fn in_savepoint<T>(
+    connection: &Connection,
+    name: &str,
+    operation: impl FnOnce() -> StoreResult<T>,
+) -> StoreResult<T> {
+    connection.execute_batch(&format!("SAVEPOINT {name}"))?;
+    let result = match catch_unwind(AssertUnwindSafe(operation)) {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::Database("a store operation panicked".to_owned())),
+    };
+    match &result {
+        Ok(_) => connection.execute_batch(&format!("RELEASE {name}"))?,
+        Err(_) => connection.execute_batch(&format!("ROLLBACK TO {name}; RELEASE {name}"))?,
+    }
+    result
+}
+
+impl Writer {
+    /// Starts the writer thread on `connection`.
+    pub fn start(connection: Connection, rules: Arc<StoreRules>) -> std::io::Result<Writer> {
+        let (sender, receiver) = mpsc::channel(WRITER_QUEUE_CAPACITY);
+        std::thread::Builder::new()
+            .name("tollgate-sqlite-writer".to_owned())
+            .spawn(move || run(connection, receiver, rules))?;
+        Ok(Writer { jobs: sender })
+    }
+
+    /// Runs `operation` in the next group commit and returns its result once
+    /// that commit is durable. An `Err` from the operation undoes its writes.
+    pub async fn write<T, F>(&self, operation: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteContext<'_>) -> StoreResult<T> + Send + 'static,
+    {
+        let (reply, replied) = oneshot::channel();
+        let job: Job = Box::new(move |context| {
+            let result = in_savepoint(context.connection, "job", || operation(context));
+            Box::new(move |committed: Result<(), String>| {
+                let outcome = match (result, committed) {
+                    (Err(error), _) => Err(error),
+                    (Ok(value), Ok(())) => Ok(value),
+                    (Ok(_), Err(message)) => Err(StoreError::Database(message)),
+                };
+                // The caller may have gone away; the commit stands regardless.
+                let _ = reply.send(outcome);
+            })
+        });
+        self.jobs.send(job).await.map_err(|_| StoreError::Unavailable)?;
+        replied.await.map_err(|_| StoreError::Unavailable)?
+    }
+}
+
+fn run(connection: Connection, mut receiver: mpsc::Receiver<Job>, rules: Arc<StoreRules>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
+    let mut completions: Vec<Completion> = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
+    while let Some(first) = receiver.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_JOBS_PER_COMMIT {
+            match receiver.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(error) = connection.execute_batch("BEGIN IMMEDIATE") {
+            tracing::error!(%error, "could not begin a write transaction");
+            // Dropping the jobs drops their reply channels: callers see Unavailable.
+            batch.clear();
+            continue;
+        }
+        for job in batch.drain(..) {
+            let context = WriteContext {
+                connection: &connection,
+                now: rules.clock.now(),
+                rules: &rules,
+            };
+            completions.push(job(&context));
+        }
+        let committed = connection.execute_batch("COMMIT").map_err(|error| {
+            tracing::error!(%error, "group commit failed; rolling back");
+            let _ = connection.execute_batch("ROLLBACK");
+            error.to_string()
+        });
+        metrics_group_size(completions.len());
+        for complete in completions.drain(..) {
+            complete(committed.clone());
+        }
+    }
+    tracing::debug!("sqlite writer stopped");
+}
+
+fn metrics_group_size(size: usize) {
+    tracing::trace!(size, "group commit");
+}
