@@ -1,0 +1,158 @@
+//! The operator's command line: migrate, verify, accounts, grants. These
+//! act on the store directly, with the same rules as the service.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use tollgate_core::money::format_usd;
+use tollgate_core::{AccountId, Actor, GrantCommand, IdempotencyKey, Micros, NewAccount};
+use tollgate_store::sqlite::{SqliteStore, StoreRules};
+use tollgate_store::{AccountRecord, DatabaseUrl, PageRequest, SharedStore, SystemClock};
+
+use crate::config::Config;
+
+/// Opens the store named by `database_url`, migrating it as needed.
+pub fn open_store(database_url: &str, config: &Config) -> anyhow::Result<SharedStore> {
+    let rules = StoreRules {
+        price_book: config.price_book.clone(),
+        tier_basis: config.tier_basis,
+        clock: Arc::new(SystemClock),
+    };
+    match DatabaseUrl::parse(database_url).map_err(anyhow::Error::msg)? {
+        DatabaseUrl::Sqlite(path) => {
+            let store = SqliteStore::open(&path, rules)
+                .with_context(|| format!("opening the SQLite database {}", path.display()))?;
+            Ok(Arc::new(store))
+        }
+        DatabaseUrl::Postgres(_) => bail!("the PostgreSQL store is not available in this build yet"),
+    }
+}
+
+/// `tollgate migrate`.
+pub fn migrate(database_url: &str) -> anyhow::Result<ExitCode> {
+    match DatabaseUrl::parse(database_url).map_err(anyhow::Error::msg)? {
+        DatabaseUrl::Sqlite(path) => {
+            tollgate_store::sqlite::migrate(&path)
+                .with_context(|| format!("migrating the SQLite database {}", path.display()))?;
+            println!("migrated {}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        DatabaseUrl::Postgres(_) => bail!("the PostgreSQL store is not available in this build yet"),
+    }
+}
+
+/// `tollgate ledger verify`: exit 0 only when every invariant holds.
+pub async fn verify(database_url: &str, config: Config) -> anyhow::Result<ExitCode> {
+    let store = open_store(database_url, &config)?;
+    let report = store.verify_ledger().await.context("verifying the ledger")?;
+    println!(
+        "checked {} accounts and {} journal transactions",
+        report.accounts_checked, report.transactions_checked
+    );
+    if report.is_clean() {
+        println!("ledger OK: every balance equals its entries");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for problem in &report.problems {
+        println!("MISMATCH {problem}");
+    }
+    println!("ledger BROKEN: {} problem(s)", report.problems.len());
+    Ok(ExitCode::FAILURE)
+}
+
+fn describe(account: &AccountRecord, config: &Config) -> String {
+    let book = &config.price_book;
+    let tier = book.tier(account.spend.current_tier(book, config.tier_basis));
+    format!(
+        "{id}\t{name} <{email}>\tbalance {balance} (available {available}, held {held})\t{mode}\ttier {tier} \
+         ({discount}%)\tspent this cycle {spent}",
+        id = account.id,
+        name = account.name,
+        email = account.email,
+        balance = format_usd(account.balances.total().unwrap_or(Micros::MAX)),
+        available = format_usd(account.balances.available),
+        held = format_usd(account.balances.held),
+        mode = account.mode.code(),
+        tier = tier.name,
+        discount = tier.discount.get(),
+        spent = format_usd(account.spend.cycle_spend),
+    )
+}
+
+/// `tollgate accounts create`.
+pub async fn create_account(
+    database_url: &str,
+    config: Config,
+    id: &str,
+    name: &str,
+    email: &str,
+) -> anyhow::Result<ExitCode> {
+    let id = AccountId::parse(id)?;
+    let account = NewAccount::new(id, name, email)?;
+    let store = open_store(database_url, &config)?;
+    let created = store.create_account(account).await?;
+    println!("{}", describe(&created, &config));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tollgate accounts list`.
+pub async fn list_accounts(database_url: &str, config: Config, limit: u32) -> anyhow::Result<ExitCode> {
+    let store = open_store(database_url, &config)?;
+    let mut cursor = None;
+    let mut shown = 0;
+    loop {
+        let page = store.list_accounts(PageRequest::new(limit.min(100), cursor)).await?;
+        for account in &page.data {
+            println!("{}", describe(account, &config));
+            shown += 1;
+        }
+        cursor = page.data.last().map(|account| account.id.to_string());
+        if !page.has_more || shown >= limit {
+            break;
+        }
+    }
+    if shown == 0 {
+        println!("no accounts");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tollgate accounts show ID`.
+pub async fn show_account(database_url: &str, config: Config, id: &str) -> anyhow::Result<ExitCode> {
+    let store = open_store(database_url, &config)?;
+    let account = store.account(&AccountId::parse(id)?).await?;
+    println!("{}", describe(&account, &config));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cli_actor() -> Actor {
+    Actor::Cli(std::env::var("USER").unwrap_or_else(|_| "operator".to_owned()))
+}
+
+/// `tollgate grant ACCOUNT AMOUNT --reason …`.
+pub async fn grant(
+    database_url: &str,
+    config: Config,
+    account: &str,
+    amount: &str,
+    reason: &str,
+    idempotency_key: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let amount = Micros::parse(amount).with_context(|| format!("`{amount}` is not an amount of money"))?;
+    let key = idempotency_key.map(IdempotencyKey::parse).transpose()?;
+    let command = GrantCommand::new(AccountId::parse(account)?, amount, reason, key, cli_actor())?;
+    let store = open_store(database_url, &config)?;
+    let outcome = store.grant(command).await?;
+    let line = outcome.value;
+    println!(
+        "{} {} {} to {}: balance now {}{}",
+        line.id,
+        if line.amount.is_negative() { "debited" } else { "credited" },
+        format_usd(line.amount),
+        line.account,
+        format_usd(line.balances_after.total().unwrap_or(Micros::MAX)),
+        if outcome.replayed { " (replayed: nothing moved)" } else { "" }
+    );
+    Ok(ExitCode::SUCCESS)
+}

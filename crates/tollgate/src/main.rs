@@ -1,0 +1,146 @@
+//! `tollgate`: the one binary. `tollgate serve` (the default) runs the
+//! service; the other subcommands operate on the store directly.
+
+#![forbid(unsafe_code)]
+
+mod cli;
+mod config;
+mod serve;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Prepaid usage billing: balances, Spend & Save tiers, exactly-once charging.
+#[derive(Debug, Parser)]
+#[command(name = "tollgate", version, about)]
+struct Cli {
+    /// Where the data lives: sqlite://FILE (relative), sqlite:///ABSOLUTE/FILE, or postgres://…
+    #[arg(long, env = "TOLLGATE_DATABASE_URL", default_value = "sqlite://tollgate.db", global = true)]
+    database_url: String,
+    /// Configuration file merged over the shipped defaults (price book, tiers, limits, sales link).
+    #[arg(long, env = "TOLLGATE_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    serve: ServeArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP service (the default).
+    Serve,
+    /// Create or upgrade the database schema, then exit.
+    Migrate,
+    /// Ledger tools.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
+    /// Customer accounts.
+    Accounts {
+        #[command(subcommand)]
+        command: AccountsCommand,
+    },
+    /// Credit (or, negative, debit) an account by operator decision.
+    Grant {
+        /// The account id.
+        account: String,
+        /// Amount in USD, e.g. 25.00 or -5.
+        #[arg(allow_hyphen_values = true)]
+        amount: String,
+        /// Why: recorded in the ledger and the audit log.
+        #[arg(long)]
+        reason: String,
+        /// Makes the grant happen at most once.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+}
+
+/// Settings of `tollgate serve`; each is a flag and an environment variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "TOLLGATE_ADDR", default_value = "127.0.0.1:8080", global = true)]
+    pub addr: SocketAddr,
+    /// Base URL for links Tollgate prints or sends (default http:// + the address).
+    #[arg(long, env = "TOLLGATE_PUBLIC_URL", global = true)]
+    pub public_url: Option<String>,
+    /// The operator's secret API key; generated, stored hashed and printed once when unset.
+    #[arg(long, env = "TOLLGATE_API_KEY", hide_env_values = true, global = true)]
+    pub api_key: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum LedgerCommand {
+    /// Recompute every balance from its entries and check every invariant; exit 1 on any problem.
+    Verify,
+}
+
+#[derive(Debug, Subcommand)]
+enum AccountsCommand {
+    /// Create an account.
+    Create {
+        /// The operator's id for the customer (letters, digits, _ and -).
+        #[arg(long)]
+        id: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// Billing e-mail address.
+        #[arg(long)]
+        email: String,
+    },
+    /// List accounts.
+    List {
+        /// Most accounts to show.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Show one account.
+    Show {
+        /// The account id.
+        id: String,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: could not start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    let config = config::load(cli.config.as_deref())?;
+    let database_url = cli.database_url;
+    match cli.command {
+        None | Some(Command::Serve) => serve::run(&database_url, config, cli.serve).await,
+        Some(Command::Migrate) => cli::migrate(&database_url),
+        Some(Command::Ledger { command: LedgerCommand::Verify }) => cli::verify(&database_url, config).await,
+        Some(Command::Accounts { command }) => match command {
+            AccountsCommand::Create { id, name, email } => {
+                cli::create_account(&database_url, config, &id, &name, &email).await
+            }
+            AccountsCommand::List { limit } => cli::list_accounts(&database_url, config, limit).await,
+            AccountsCommand::Show { id } => cli::show_account(&database_url, config, &id).await,
+        },
+        Some(Command::Grant { account, amount, reason, idempotency_key }) => {
+            cli::grant(&database_url, config, &account, &amount, &reason, idempotency_key.as_deref()).await
+        }
+    }
+}

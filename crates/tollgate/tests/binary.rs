@@ -1,0 +1,146 @@
+//! The `tollgate` binary as an operator meets it: first start, CLI, verify.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+fn tollgate(dir: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    command
+        .current_dir(dir)
+        .env_remove("TOLLGATE_API_KEY")
+        .env_remove("TOLLGATE_CONFIG")
+        .env_remove("TOLLGATE_DATABASE_URL")
+        .env("TOLLGATE_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "warn");
+    command
+}
+
+struct Server {
+    child: Child,
+    url: String,
+    key: Option<String>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `tollgate` (no subcommand, as `cargo run --release` does) and reads its banner.
+fn start(dir: &std::path::Path) -> Server {
+    let mut child = tollgate(dir).stdout(Stdio::piped()).spawn().expect("tollgate starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut url = None;
+    let mut key = None;
+    for line in lines.by_ref() {
+        let line = line.expect("banner line");
+        if let Some(rest) = line.strip_prefix("Tollgate is running at ") {
+            url = Some(rest.trim().to_owned());
+        }
+        if let Some(rest) = line.trim().strip_prefix("operator key: ") {
+            if rest.starts_with("tg_sk_") {
+                key = Some(rest.trim().to_owned());
+            }
+        }
+        if line.trim_start().starts_with("try:") {
+            break;
+        }
+    }
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, url: url.expect("the banner prints the URL"), key }
+}
+
+fn run_ok(dir: &std::path::Path, args: &[&str]) -> String {
+    let output = tollgate(dir).args(args).output().expect("tollgate runs");
+    assert!(
+        output.status.success(),
+        "tollgate {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn first_start_prints_the_url_and_key_and_creates_the_demo_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let key = server.key.clone().expect("a generated key is printed on first start");
+    let client = reqwest::Client::new();
+    let health = client.get(format!("{}/healthz", server.url)).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let billing: serde_json::Value = client
+        .get(format!("{}/v1/accounts/demo/billing", server.url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(billing["balance"], "25.00");
+    assert_eq!(billing["tier"]["id"], "starter");
+    let unauthorized = client.get(format!("{}/v1/accounts/demo", server.url)).send().await.unwrap();
+    assert_eq!(unauthorized.status(), 401);
+    drop(server);
+
+    // Second start: same database, key not printed again, demo not recreated.
+    let again = start(dir.path());
+    assert_eq!(again.key, None);
+    let account: serde_json::Value = client
+        .get(format!("{}/v1/accounts/demo", again.url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(account["balance"], "25.00");
+}
+
+#[test]
+fn cli_manages_accounts_and_verify_catches_a_tampered_balance() {
+    let dir = tempfile::tempdir().unwrap();
+    run_ok(dir.path(), &["migrate"]);
+    run_ok(dir.path(), &["accounts", "create", "--id", "acme", "--name", "Acme", "--email", "b@acme.test"]);
+    let granted = run_ok(dir.path(), &["grant", "acme", "12.50", "--reason", "goodwill", "--idempotency-key", "g1"]);
+    assert!(granted.contains("credited $12.50"), "{granted}");
+    let replay = run_ok(dir.path(), &["grant", "acme", "12.50", "--reason", "goodwill", "--idempotency-key", "g1"]);
+    assert!(replay.contains("replayed"), "{replay}");
+    let debit = run_ok(dir.path(), &["grant", "acme", "-2.50", "--reason", "correction"]);
+    assert!(debit.contains("balance now $10.00"), "{debit}");
+    let shown = run_ok(dir.path(), &["accounts", "show", "acme"]);
+    assert!(shown.contains("balance $10.00") && shown.contains("tier Starter"), "{shown}");
+    assert!(run_ok(dir.path(), &["accounts", "list"]).contains("acme"));
+    let verified = run_ok(dir.path(), &["ledger", "verify"]);
+    assert!(verified.contains("ledger OK"), "{verified}");
+
+    // Money created out of thin air must be caught.
+    let connection = rusqlite::Connection::open(dir.path().join("tollgate.db")).unwrap();
+    connection.execute("UPDATE accounts SET available_micros = available_micros + 1 WHERE id = 'acme'", []).unwrap();
+    drop(connection);
+    let output = tollgate(dir.path()).args(["ledger", "verify"]).output().unwrap();
+    assert!(!output.status.success());
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(report.contains("MISMATCH account acme"), "{report}");
+
+    // Bad input is refused with a reason and changes nothing.
+    let refused = tollgate(dir.path()).args(["grant", "acme", "1.0000001", "--reason", "x"]).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not an amount"));
+}
+
+#[test]
+fn a_bad_config_stops_start_up_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[billing]\ntier_basis = \"weekly\"\n").unwrap();
+    let output = tollgate(dir.path()).env("TOLLGATE_CONFIG", &config).arg("migrate").output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("tier_basis"));
+}

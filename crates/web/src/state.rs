@@ -1,0 +1,52 @@
+//! The state every handler shares.
+
+use std::sync::Arc;
+
+use tollgate_store::SharedStore;
+
+use crate::auth::{KeyHash, hash_api_key_bytes};
+use crate::config::WebConfig;
+
+/// The store, the configuration and the operator key's hash; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: SharedStore,
+    config: Arc<WebConfig>,
+    operator_key_hash: Option<KeyHash>,
+}
+
+impl AppState {
+    /// Hashes the operator key once and drops the plaintext.
+    pub fn new(store: SharedStore, mut config: WebConfig) -> AppState {
+        let operator_key_hash = config
+            .operator_key
+            .take()
+            .filter(|key| !key.is_empty())
+            .map(|key| hash_api_key_bytes(&key));
+        AppState {
+            inner: Arc::new(Inner {
+                store,
+                config: Arc::new(config),
+                operator_key_hash,
+            }),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &SharedStore {
+        &self.inner.store
+    }
+
+    /// The configuration (without the operator key's plaintext).
+    pub fn config(&self) -> &Arc<WebConfig> {
+        &self.inner.config
+    }
+
+    pub(crate) fn operator_key_hash(&self) -> Option<&KeyHash> {
+        self.inner.operator_key_hash.as_ref()
+    }
+}
