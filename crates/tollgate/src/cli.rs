@@ -102,7 +102,9 @@ pub async fn list_accounts(database_url: &str, config: Config, limit: u32) -> an
     let mut cursor = None;
     let mut shown = 0;
     loop {
-        let page = store.list_accounts(PageRequest::new(limit.min(100), cursor)).await?;
+        let page = store
+            .list_accounts(PageRequest::new(limit.min(100), cursor))
+            .await?;
         for account in &page.data {
             println!("{}", describe(account, &config));
             shown += 1;
@@ -148,11 +150,37 @@ pub async fn grant(
     println!(
         "{} {} {} to {}: balance now {}{}",
         line.id,
-        if line.amount.is_negative() { "debited" } else { "credited" },
+        if line.amount.is_negative() {
+            "debited"
+        } else {
+            "credited"
+        },
         format_usd(line.amount),
         line.account,
         format_usd(line.balances_after.total().unwrap_or(Micros::MAX)),
-        if outcome.replayed { " (replayed: nothing moved)" } else { "" }
+        if outcome.replayed {
+            " (replayed: nothing moved)"
+        } else {
+            ""
+        }
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tollgate stripe-sandbox`: the sandbox alone until Ctrl-C.
+pub async fn stripe_sandbox(
+    addr: std::net::SocketAddr,
+    webhook_url: Option<String>,
+    webhook_secret: String,
+) -> anyhow::Result<ExitCode> {
+    let mut config = tollgate_stripe_sandbox::SandboxConfig::new(webhook_secret);
+    config.webhook_url = webhook_url;
+    let sandbox = tollgate_stripe_sandbox::Sandbox::start(addr, config).await?;
+    println!(
+        "Stripe sandbox listening at {} (secret key: any sk_test_…; Ctrl-C stops it)",
+        sandbox.base_url()
+    );
+    tokio::signal::ctrl_c().await?;
+    sandbox.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -117,7 +117,11 @@ pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
         }
         figment = figment.merge(Toml::file(path));
     }
-    figment = figment.merge(Env::prefixed("TOLLGATE_").filter(|key| key.as_str().contains("__")).split("__"));
+    figment = figment.merge(
+        Env::prefixed("TOLLGATE_")
+            .filter(|key| key.as_str().contains("__"))
+            .split("__"),
+    );
     let file: FileConfig = figment.extract().context("reading the configuration")?;
     validate(file)
 }
@@ -142,7 +146,8 @@ fn validate(file: FileConfig) -> anyhow::Result<Config> {
             let id = TierId::parse(&tier.id).with_context(|| format!("tier id `{}`", tier.id))?;
             let mut price_overrides = BTreeMap::new();
             for (action, price) in &tier.prices {
-                let action_id = ActionId::parse(action).with_context(|| format!("tier `{id}`: action id `{action}`"))?;
+                let action_id =
+                    ActionId::parse(action).with_context(|| format!("tier `{id}`: action id `{action}`"))?;
                 price_overrides.insert(action_id, money(&format!("tiers.{id}.prices.{action}"), price)?);
             }
             Ok(TierSpec {
@@ -200,7 +205,10 @@ mod tests {
     #[test]
     fn the_shipped_file_is_the_product_price_book() {
         let config = load(None).unwrap();
-        assert_eq!(config.price_book.version(), tollgate_core::pricing::default_price_book().version());
+        assert_eq!(
+            config.price_book.version(),
+            tollgate_core::pricing::default_price_book().version()
+        );
         assert_eq!(config.tier_basis, TierBasis::Cycle);
     }
 
@@ -217,19 +225,24 @@ mod tests {
             "[[tiers]]\nid = \"starter\"\nname = \"Starter\"\nmin_spend = \"0\"\ndiscount_percent = 0\nprices = { nope = \"0.01\" }\n",
         )
         .unwrap_err();
-        assert!(format!("{unknown:#}").contains("unknown action `nope`"), "{unknown:#}");
+        assert!(
+            format!("{unknown:#}").contains("unknown action `nope`"),
+            "{unknown:#}"
+        );
         let descending = load_text(
             "[[tiers]]\nid = \"a\"\nname = \"A\"\nmin_spend = \"0\"\ndiscount_percent = 0\n\
              [[tiers]]\nid = \"b\"\nname = \"B\"\nmin_spend = \"0\"\ndiscount_percent = 5\n",
         )
         .unwrap_err();
-        assert!(format!("{descending:#}").contains("higher spend"), "{descending:#}");
+        assert!(
+            format!("{descending:#}").contains("higher spend"),
+            "{descending:#}"
+        );
         let typo = load_text("[billing]\ntier_bassis = \"cycle\"\n").unwrap_err();
         assert!(format!("{typo:#}").contains("tier_bassis"), "{typo:#}");
-        let percent = load_text(
-            "[[tiers]]\nid = \"a\"\nname = \"A\"\nmin_spend = \"0\"\ndiscount_percent = 101\n",
-        )
-        .unwrap_err();
+        let percent =
+            load_text("[[tiers]]\nid = \"a\"\nname = \"A\"\nmin_spend = \"0\"\ndiscount_percent = 101\n")
+                .unwrap_err();
         assert!(format!("{percent:#}").contains("0 to 100"), "{percent:#}");
         assert!(load(Some(Path::new("/nonexistent/tollgate.toml"))).is_err());
     }

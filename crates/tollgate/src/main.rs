@@ -17,7 +17,12 @@ use clap::{Parser, Subcommand};
 #[command(name = "tollgate", version, about)]
 struct Cli {
     /// Where the data lives: sqlite://FILE (relative), sqlite:///ABSOLUTE/FILE, or postgres://…
-    #[arg(long, env = "TOLLGATE_DATABASE_URL", default_value = "sqlite://tollgate.db", global = true)]
+    #[arg(
+        long,
+        env = "TOLLGATE_DATABASE_URL",
+        default_value = "sqlite://tollgate.db",
+        global = true
+    )]
     database_url: String,
     /// Configuration file merged over the shipped defaults (price book, tiers, limits, sales link).
     #[arg(long, env = "TOLLGATE_CONFIG", global = true)]
@@ -31,7 +36,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the HTTP service (the default).
-    Serve,
+    Serve(ServeArgs),
     /// Create or upgrade the database schema, then exit.
     Migrate,
     /// Ledger tools.
@@ -58,19 +63,31 @@ enum Command {
         #[arg(long)]
         idempotency_key: Option<String>,
     },
+    /// Run the built-in Stripe sandbox alone (for Stripe's own client libraries).
+    StripeSandbox {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:12111")]
+        addr: SocketAddr,
+        /// Where to POST signed events.
+        #[arg(long)]
+        webhook_url: Option<String>,
+        /// The webhook signing secret (whsec_…).
+        #[arg(long, default_value = "whsec_sandbox")]
+        webhook_secret: String,
+    },
 }
 
 /// Settings of `tollgate serve`; each is a flag and an environment variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
     /// Address to listen on.
-    #[arg(long, env = "TOLLGATE_ADDR", default_value = "127.0.0.1:8080", global = true)]
+    #[arg(long, env = "TOLLGATE_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
     /// Base URL for links Tollgate prints or sends (default http:// + the address).
-    #[arg(long, env = "TOLLGATE_PUBLIC_URL", global = true)]
+    #[arg(long, env = "TOLLGATE_PUBLIC_URL")]
     pub public_url: Option<String>,
     /// The operator's secret API key; generated, stored hashed and printed once when unset.
-    #[arg(long, env = "TOLLGATE_API_KEY", hide_env_values = true, global = true)]
+    #[arg(long, env = "TOLLGATE_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 }
 
@@ -129,9 +146,12 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let config = config::load(cli.config.as_deref())?;
     let database_url = cli.database_url;
     match cli.command {
-        None | Some(Command::Serve) => serve::run(&database_url, config, cli.serve).await,
+        None => serve::run(&database_url, config, cli.serve).await,
+        Some(Command::Serve(args)) => serve::run(&database_url, config, args).await,
         Some(Command::Migrate) => cli::migrate(&database_url),
-        Some(Command::Ledger { command: LedgerCommand::Verify }) => cli::verify(&database_url, config).await,
+        Some(Command::Ledger {
+            command: LedgerCommand::Verify,
+        }) => cli::verify(&database_url, config).await,
         Some(Command::Accounts { command }) => match command {
             AccountsCommand::Create { id, name, email } => {
                 cli::create_account(&database_url, config, &id, &name, &email).await
@@ -139,8 +159,26 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             AccountsCommand::List { limit } => cli::list_accounts(&database_url, config, limit).await,
             AccountsCommand::Show { id } => cli::show_account(&database_url, config, &id).await,
         },
-        Some(Command::Grant { account, amount, reason, idempotency_key }) => {
-            cli::grant(&database_url, config, &account, &amount, &reason, idempotency_key.as_deref()).await
+        Some(Command::StripeSandbox {
+            addr,
+            webhook_url,
+            webhook_secret,
+        }) => cli::stripe_sandbox(addr, webhook_url, webhook_secret).await,
+        Some(Command::Grant {
+            account,
+            amount,
+            reason,
+            idempotency_key,
+        }) => {
+            cli::grant(
+                &database_url,
+                config,
+                &account,
+                &amount,
+                &reason,
+                idempotency_key.as_deref(),
+            )
+            .await
         }
     }
 }

@@ -21,9 +21,15 @@ fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let json = std::env::var("TOLLGATE_LOG_FORMAT").is_ok_and(|format| format == "json");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     // A second initialisation (tests) is harmless; ignore it.
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// What to tell the operator about the key.
@@ -53,15 +59,29 @@ async fn ensure_operator_key(store: &SharedStore, configured: Option<&str>) -> a
 }
 
 async fn ensure_demo_account(store: &SharedStore, config: &Config) -> anyhow::Result<bool> {
-    if !config.create_demo_account || !store.list_accounts(PageRequest::new(1, None)).await?.data.is_empty() {
+    if !config.create_demo_account
+        || !store
+            .list_accounts(PageRequest::new(1, None))
+            .await?
+            .data
+            .is_empty()
+    {
         return Ok(false);
     }
     let id = AccountId::parse(DEMO_ACCOUNT_ID)?;
-    store.create_account(NewAccount::new(id.clone(), "Demo", "demo@tollgate.test")?).await?;
+    store
+        .create_account(NewAccount::new(id.clone(), "Demo", "demo@tollgate.test")?)
+        .await?;
     if config.demo_credit.is_positive() {
         let key = IdempotencyKey::parse("demo-credit")?;
         store
-            .grant(GrantCommand::new(id, config.demo_credit, "Demo credit", Some(key), Actor::System)?)
+            .grant(GrantCommand::new(
+                id,
+                config.demo_credit,
+                "Demo credit",
+                Some(key),
+                Actor::System,
+            )?)
             .await?;
     }
     Ok(true)
@@ -93,9 +113,14 @@ async fn shutdown_signal() {
 pub async fn run(database_url: &str, config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_tracing();
     let store = open_store(database_url, &config)?;
-    let listener = TcpListener::bind(args.addr).await.with_context(|| format!("listening on {}", args.addr))?;
+    let listener = TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("listening on {}", args.addr))?;
     let local_addr = listener.local_addr()?;
-    let public_url = args.public_url.clone().unwrap_or_else(|| format!("http://{local_addr}"));
+    let public_url = args
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{local_addr}"));
     let operator_key = ensure_operator_key(&store, args.api_key.as_deref()).await?;
     let created_demo = ensure_demo_account(&store, &config).await?;
     let state = AppState::new(
@@ -123,15 +148,24 @@ pub async fn run(database_url: &str, config: Config, args: ServeArgs) -> anyhow:
             println!("                (generated now and stored hashed: it is shown only this once)");
         }
         OperatorKey::Stored => {
-            println!("  operator key: stored hashed (shown on first start); set TOLLGATE_API_KEY to use your own")
+            println!(
+                "  operator key: stored hashed (shown on first start); set TOLLGATE_API_KEY to use your own"
+            )
         }
     }
     if created_demo {
-        println!("  demo account: `{DEMO_ACCOUNT_ID}` with {} of credit", format_usd(config.demo_credit));
+        println!(
+            "  demo account: `{DEMO_ACCOUNT_ID}` with {} of credit",
+            format_usd(config.demo_credit)
+        );
     }
-    println!("  try:        curl -H 'Authorization: Bearer <key>' {public_url}/v1/accounts/{DEMO_ACCOUNT_ID}/billing");
+    println!(
+        "  try:        curl -H 'Authorization: Bearer <key>' {public_url}/v1/accounts/{DEMO_ACCOUNT_ID}/billing"
+    );
 
-    tollgate_web::serve(listener, state, shutdown_signal()).await.context("serving HTTP")?;
+    tollgate_web::serve(listener, state, shutdown_signal())
+        .await
+        .context("serving HTTP")?;
     sweeper.abort();
     Ok(ExitCode::SUCCESS)
 }

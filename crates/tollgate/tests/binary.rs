@@ -30,7 +30,10 @@ impl Drop for Server {
 
 /// Starts `tollgate` (no subcommand, as `cargo run --release` does) and reads its banner.
 fn start(dir: &std::path::Path) -> Server {
-    let mut child = tollgate(dir).stdout(Stdio::piped()).spawn().expect("tollgate starts");
+    let mut child = tollgate(dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("tollgate starts");
     let stdout = child.stdout.take().expect("piped stdout");
     let mut lines = BufReader::new(stdout).lines();
     let mut url = None;
@@ -51,7 +54,11 @@ fn start(dir: &std::path::Path) -> Server {
     }
     // Keep draining stdout so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Server { child, url: url.expect("the banner prints the URL"), key }
+    Server {
+        child,
+        url: url.expect("the banner prints the URL"),
+        key,
+    }
 }
 
 fn run_ok(dir: &std::path::Path, args: &[&str]) -> String {
@@ -69,9 +76,16 @@ fn run_ok(dir: &std::path::Path, args: &[&str]) -> String {
 async fn first_start_prints_the_url_and_key_and_creates_the_demo_account() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path());
-    let key = server.key.clone().expect("a generated key is printed on first start");
+    let key = server
+        .key
+        .clone()
+        .expect("a generated key is printed on first start");
     let client = reqwest::Client::new();
-    let health = client.get(format!("{}/healthz", server.url)).send().await.unwrap();
+    let health = client
+        .get(format!("{}/healthz", server.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
     let billing: serde_json::Value = client
         .get(format!("{}/v1/accounts/demo/billing", server.url))
@@ -84,7 +98,11 @@ async fn first_start_prints_the_url_and_key_and_creates_the_demo_account() {
         .unwrap();
     assert_eq!(billing["balance"], "25.00");
     assert_eq!(billing["tier"]["id"], "starter");
-    let unauthorized = client.get(format!("{}/v1/accounts/demo", server.url)).send().await.unwrap();
+    let unauthorized = client
+        .get(format!("{}/v1/accounts/demo", server.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(unauthorized.status(), 401);
     drop(server);
 
@@ -107,22 +125,64 @@ async fn first_start_prints_the_url_and_key_and_creates_the_demo_account() {
 fn cli_manages_accounts_and_verify_catches_a_tampered_balance() {
     let dir = tempfile::tempdir().unwrap();
     run_ok(dir.path(), &["migrate"]);
-    run_ok(dir.path(), &["accounts", "create", "--id", "acme", "--name", "Acme", "--email", "b@acme.test"]);
-    let granted = run_ok(dir.path(), &["grant", "acme", "12.50", "--reason", "goodwill", "--idempotency-key", "g1"]);
+    run_ok(
+        dir.path(),
+        &[
+            "accounts",
+            "create",
+            "--id",
+            "acme",
+            "--name",
+            "Acme",
+            "--email",
+            "b@acme.test",
+        ],
+    );
+    let granted = run_ok(
+        dir.path(),
+        &[
+            "grant",
+            "acme",
+            "12.50",
+            "--reason",
+            "goodwill",
+            "--idempotency-key",
+            "g1",
+        ],
+    );
     assert!(granted.contains("credited $12.50"), "{granted}");
-    let replay = run_ok(dir.path(), &["grant", "acme", "12.50", "--reason", "goodwill", "--idempotency-key", "g1"]);
+    let replay = run_ok(
+        dir.path(),
+        &[
+            "grant",
+            "acme",
+            "12.50",
+            "--reason",
+            "goodwill",
+            "--idempotency-key",
+            "g1",
+        ],
+    );
     assert!(replay.contains("replayed"), "{replay}");
     let debit = run_ok(dir.path(), &["grant", "acme", "-2.50", "--reason", "correction"]);
     assert!(debit.contains("balance now $10.00"), "{debit}");
     let shown = run_ok(dir.path(), &["accounts", "show", "acme"]);
-    assert!(shown.contains("balance $10.00") && shown.contains("tier Starter"), "{shown}");
+    assert!(
+        shown.contains("balance $10.00") && shown.contains("tier Starter"),
+        "{shown}"
+    );
     assert!(run_ok(dir.path(), &["accounts", "list"]).contains("acme"));
     let verified = run_ok(dir.path(), &["ledger", "verify"]);
     assert!(verified.contains("ledger OK"), "{verified}");
 
     // Money created out of thin air must be caught.
     let connection = rusqlite::Connection::open(dir.path().join("tollgate.db")).unwrap();
-    connection.execute("UPDATE accounts SET available_micros = available_micros + 1 WHERE id = 'acme'", []).unwrap();
+    connection
+        .execute(
+            "UPDATE accounts SET available_micros = available_micros + 1 WHERE id = 'acme'",
+            [],
+        )
+        .unwrap();
     drop(connection);
     let output = tollgate(dir.path()).args(["ledger", "verify"]).output().unwrap();
     assert!(!output.status.success());
@@ -130,7 +190,10 @@ fn cli_manages_accounts_and_verify_catches_a_tampered_balance() {
     assert!(report.contains("MISMATCH account acme"), "{report}");
 
     // Bad input is refused with a reason and changes nothing.
-    let refused = tollgate(dir.path()).args(["grant", "acme", "1.0000001", "--reason", "x"]).output().unwrap();
+    let refused = tollgate(dir.path())
+        .args(["grant", "acme", "1.0000001", "--reason", "x"])
+        .output()
+        .unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("not an amount"));
 }
@@ -140,7 +203,51 @@ fn a_bad_config_stops_start_up_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bad.toml");
     std::fs::write(&config, "[billing]\ntier_basis = \"weekly\"\n").unwrap();
-    let output = tollgate(dir.path()).env("TOLLGATE_CONFIG", &config).arg("migrate").output().unwrap();
+    let output = tollgate(dir.path())
+        .env("TOLLGATE_CONFIG", &config)
+        .arg("migrate")
+        .output()
+        .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("tier_basis"));
+}
+
+#[test]
+fn the_stripe_sandbox_runs_alone_on_the_given_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tollgate(dir.path())
+        .args([
+            "stripe-sandbox",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--webhook-secret",
+            "whsec_test",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut banner = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut banner)
+        .unwrap();
+    assert!(banner.contains(&format!("127.0.0.1:{port}")), "{banner}");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let status = runtime.block_on(async {
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{port}/v1/customers"))
+            .bearer_auth("sk_test_123")
+            .form(&[("email", "a@b.test")])
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status, 200);
 }
