@@ -73,9 +73,13 @@ fn load_for_write(context: &WriteContext<'_>, id: &AccountId) -> StoreResult<Sto
     let due: Vec<String> = context
         .connection
         .prepare_cached(
-            "SELECT id FROM holds WHERE account_id = ?1 AND status = 'active' AND expires_at <= ?2 ORDER BY expires_at",
+            // Ties broken by id so the journal order never depends on the query plan.
+            "SELECT id FROM holds WHERE account_id = ?1 AND status = 'active' AND expires_at <= ?2 \
+             ORDER BY expires_at, id",
         )?
-        .query_map(params![id.as_str(), to_unix_micros(context.now)], |row| row.get(0))?
+        .query_map(params![id.as_str(), to_unix_micros(context.now)], |row| {
+            row.get(0)
+        })?
         .collect::<Result<_, _>>()?;
     for hold_id in due {
         close_hold(context, &mut account, &hold_id, HoldEvent::Expire)?;
@@ -310,13 +314,13 @@ pub fn charge_usage(
 
 pub fn grant(context: &WriteContext<'_>, command: &GrantCommand) -> StoreResult<Idempotent<TransactionLine>> {
     let fingerprint = command.fingerprint();
-    if let Some(key) = &command.idempotency_key {
-        if let Some(id) = replayed_transaction(context, &command.account, key, &fingerprint)? {
-            return Ok(Idempotent {
-                value: rows::load_transaction(context.connection, &id)?,
-                replayed: true,
-            });
-        }
+    if let Some(key) = &command.idempotency_key
+        && let Some(id) = replayed_transaction(context, &command.account, key, &fingerprint)?
+    {
+        return Ok(Idempotent {
+            value: rows::load_transaction(context.connection, &id)?,
+            replayed: true,
+        });
     }
     let mut account = load_for_write(context, &command.account)?;
     if command.amount.is_negative() {
@@ -390,8 +394,17 @@ pub fn place_hold(context: &WriteContext<'_>, command: &HoldCommand) -> StoreRes
             .query_row(params![transaction_id], |row| row.get(0))?;
         let hold =
             rows::load_hold(context.connection, &hold_id)?.ok_or_else(|| not_found("hold", &hold_id))?;
+        // A replay returns the original result (API.md), not the hold as it
+        // is now: as placed, active, with the balances right after placing.
+        let placed = rows::load_transaction(context.connection, &transaction_id)?;
         return Ok(Idempotent {
-            value: hold,
+            value: HoldRecord {
+                status: HoldStatus::Active,
+                closed_at: None,
+                captured_amount: None,
+                balances_after: placed.balances_after,
+                ..hold
+            },
             replayed: true,
         });
     }
@@ -537,26 +550,30 @@ pub fn void_hold(context: &WriteContext<'_>, hold_id: &str) -> StoreResult<Store
     }
 }
 
-/// Releases up to `limit` holds whose time ran out, across accounts.
+/// Releases up to `limit` holds whose time ran out, across accounts, the
+/// oldest expiry first (ties by id, which is time-ordered).
 pub fn expire_due_holds(context: &WriteContext<'_>, limit: usize) -> StoreResult<usize> {
     let due: Vec<(String, String)> = context
         .connection
         .prepare_cached(
-            "SELECT id, account_id FROM holds WHERE status = 'active' AND expires_at <= ?1 ORDER BY expires_at LIMIT ?2",
+            "SELECT id, account_id FROM holds WHERE status = 'active' AND expires_at <= ?1 \
+             ORDER BY expires_at, id LIMIT ?2",
         )?
-        .query_map(params![to_unix_micros(context.now), limit as i64], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .query_map(
+            params![
+                to_unix_micros(context.now),
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?
         .collect::<Result<_, _>>()?;
-    let mut expired = 0;
-    for (_, account_id) in &due {
-        let id = rows::account_id(account_id)?;
-        let before: i64 = context
-            .connection
-            .prepare_cached("SELECT journal_sequence FROM accounts WHERE id = ?1")?
-            .query_row(params![account_id], |row| row.get(0))?;
-        // load_for_write releases every due hold of the account.
-        let account = load_for_write(context, &id)?;
-        expired += usize::try_from(account.journal_sequence - before).unwrap_or(0);
+    // Close exactly the selected holds: going through `load_for_write` would
+    // release every due hold of each account and break the `limit` contract
+    // (one sweep of a busy account could grow without bound).
+    for (hold_id, account_id) in &due {
+        let mut account = load(context, &rows::account_id(account_id)?)?;
+        close_hold(context, &mut account, hold_id, HoldEvent::Expire)?;
         rows::save_account(context.connection, &account)?;
     }
-    Ok(expired)
+    Ok(due.len())
 }

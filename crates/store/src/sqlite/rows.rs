@@ -266,9 +266,9 @@ pub fn load_usage(connection: &Connection, transaction_id: &str) -> StoreResult<
 const HOLD_COLUMNS: &str = "h.id, h.account_id, h.action, h.amount_micros, h.status, h.expires_at, \
      h.created_at, h.closed_at, h.captured_micros, j.available_after_micros, j.held_after_micros";
 
-fn hold_from_row(
-    row: &Row<'_>,
-) -> rusqlite::Result<(
+/// A hold row as read: id, account, action, amount, status, expires_at,
+/// created_at, closed_at, captured, available after, held after.
+type HoldRow = (
     String,
     String,
     String,
@@ -280,7 +280,9 @@ fn hold_from_row(
     Option<i64>,
     i64,
     i64,
-)> {
+);
+
+fn hold_from_row(row: &Row<'_>) -> rusqlite::Result<HoldRow> {
     Ok((
         row.get(0)?,
         row.get(1)?,
@@ -341,9 +343,11 @@ pub fn load_hold(connection: &Connection, hold_id: &str) -> StoreResult<Option<H
 const TRANSACTION_COLUMNS: &str = "id, account_id, sequence, kind, amount_micros, available_amount_micros, \
      available_after_micros, held_after_micros, description, reference_id, created_at";
 
-fn transaction_from_row(
-    row: &Row<'_>,
-) -> rusqlite::Result<(String, String, i64, String, [i64; 4], String, Option<String>, i64)> {
+/// A journal row as read: id, account, sequence, kind, [amount, available
+/// amount, available after, held after], description, reference, created_at.
+type TransactionRow = (String, String, i64, String, [i64; 4], String, Option<String>, i64);
+
+fn transaction_from_row(row: &Row<'_>) -> rusqlite::Result<TransactionRow> {
     Ok((
         row.get(0)?,
         row.get(1)?,
@@ -356,9 +360,7 @@ fn transaction_from_row(
     ))
 }
 
-fn transaction_line(
-    raw: (String, String, i64, String, [i64; 4], String, Option<String>, i64),
-) -> StoreResult<TransactionLine> {
+fn transaction_line(raw: TransactionRow) -> StoreResult<TransactionLine> {
     let (id, account, sequence, kind, amounts, description, reference, created_at) = raw;
     let [amount, available_amount, available_after, held_after] = amounts.map(Micros::new);
     Ok(TransactionLine {

@@ -43,6 +43,16 @@ pub fn in_savepoint<T>(
     name: &str,
     operation: impl FnOnce() -> StoreResult<T>,
 ) -> StoreResult<T> {
+    // Savepoints here always nest inside the group transaction. Some errors
+    // (disk full, I/O, out of memory) make SQLite roll that transaction back
+    // entirely; a SAVEPOINT would then open a transaction of its own and its
+    // RELEASE would commit it, while the group's COMMIT fails and the caller
+    // is told nothing was written. Refuse instead: the group is lost.
+    if connection.is_autocommit() {
+        return Err(StoreError::Database(
+            "the group transaction was rolled back by an earlier error; nothing was written".to_owned(),
+        ));
+    }
     connection.execute_batch(&format!("SAVEPOINT {name}"))?;
     let result = match catch_unwind(AssertUnwindSafe(operation)) {
         Ok(result) => result,
@@ -130,4 +140,104 @@ fn run(connection: Connection, mut receiver: mpsc::Receiver<Job>, rules: Arc<Sto
 
 fn metrics_group_size(size: usize) {
     tracing::trace!(size, "group commit");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use time::macros::datetime;
+    use tollgate_core::pricing::default_price_book;
+    use tollgate_core::{ManualClock, TierBasis};
+
+    use super::*;
+
+    fn insert(connection: &Connection, value: &str) -> StoreResult<()> {
+        connection.execute("INSERT INTO t (x) VALUES (?1)", [value])?;
+        Ok(())
+    }
+
+    fn rows(path: &std::path::Path) -> Vec<String> {
+        let connection = Connection::open(path).unwrap();
+        let mut statement = connection.prepare("SELECT x FROM t ORDER BY x").unwrap();
+        statement
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// Some errors (disk full, I/O errors; here a trigger's `RAISE(ROLLBACK)`)
+    /// make SQLite roll back the whole group transaction. The jobs after it
+    /// in the same group, and the events after it in the same batch, must
+    /// then write nothing: run in autocommit mode, each savepoint would
+    /// commit on its own while the caller is told the write failed.
+    #[tokio::test]
+    async fn a_rolled_back_group_writes_nothing_after_the_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("writer.db");
+        let connection = Connection::open(&path).unwrap();
+        connection
+            .execute_batch(
+                "CREATE TABLE t (x TEXT NOT NULL);
+                 CREATE TRIGGER boom BEFORE INSERT ON t WHEN NEW.x LIKE 'boom%'
+                 BEGIN SELECT RAISE(ROLLBACK, 'boom'); END;",
+            )
+            .unwrap();
+        let rules = Arc::new(StoreRules {
+            price_book: Arc::new(default_price_book()),
+            tier_basis: TierBasis::Cycle,
+            clock: Arc::new(ManualClock::new(datetime!(2026-01-01 0:00 UTC))),
+        });
+        let writer = Writer::start(connection, rules).unwrap();
+        // A slow job holds the writer so the next four queue up and share
+        // one group commit.
+        let slow = writer.write(|_| {
+            std::thread::sleep(Duration::from_millis(200));
+            Ok(())
+        });
+        let group = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::join!(
+                writer.write(|context| insert(context.connection, "a")),
+                writer.write(|context| insert(context.connection, "boom")),
+                writer.write(|context| insert(context.connection, "c")),
+                writer.write(|context| {
+                    // A batch: each event in its own savepoint.
+                    for event in ["d1", "boom-d2", "d3"] {
+                        let _ =
+                            in_savepoint(context.connection, "event", || insert(context.connection, event));
+                    }
+                    Ok(())
+                }),
+            )
+        };
+        let (slow, (a, boom, c, batch)) = tokio::join!(slow, group);
+        slow.unwrap();
+        assert!(boom.is_err());
+        // The group is lost as a whole: every job reports failure…
+        assert!(
+            a.is_err() && c.is_err() && batch.is_err(),
+            "{a:?} {c:?} {batch:?}"
+        );
+        // …and, as reported, nothing of it was written.
+        assert_eq!(rows(&path), Vec::<String>::new());
+        // The writer carries on with the next group.
+        writer
+            .write(|context| insert(context.connection, "e"))
+            .await
+            .unwrap();
+        assert_eq!(rows(&path), vec!["e".to_owned()]);
+        // Inside one batch: the events after the failure write nothing either.
+        let batch = writer
+            .write(|context| {
+                for event in ["f1", "boom-f2", "f3"] {
+                    let _ = in_savepoint(context.connection, "event", || insert(context.connection, event));
+                }
+                Ok(())
+            })
+            .await;
+        assert!(batch.is_err());
+        assert_eq!(rows(&path), vec!["e".to_owned()]);
+    }
 }

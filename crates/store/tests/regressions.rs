@@ -1,0 +1,127 @@
+//! Focused tests for bugs the simulation found (it keeps checking them too).
+
+use std::sync::Arc;
+
+use time::Duration;
+use time::macros::datetime;
+use tollgate_core::pricing::default_price_book;
+use tollgate_core::{
+    AccountId, ActionId, Actor, GrantCommand, HoldCommand, HoldStatus, HoldTtl, IdempotencyKey, ManualClock,
+    Micros, NewAccount, Quantity, TierBasis,
+};
+use tollgate_store::sqlite::{SqliteStore, StoreRules};
+use tollgate_store::{HoldRecord, Store};
+
+fn open(dir: &tempfile::TempDir, clock: Arc<ManualClock>) -> SqliteStore {
+    SqliteStore::open(
+        &dir.path().join("regressions.db"),
+        StoreRules {
+            price_book: Arc::new(default_price_book()),
+            tier_basis: TierBasis::Cycle,
+            clock,
+        },
+    )
+    .unwrap()
+}
+
+async fn funded(store: &SqliteStore, id: &str) -> AccountId {
+    let account = AccountId::parse(id).unwrap();
+    store
+        .create_account(NewAccount::new(account.clone(), id, "billing@example.test").unwrap())
+        .await
+        .unwrap();
+    store
+        .grant(
+            GrantCommand::new(
+                account.clone(),
+                Micros::from_dollars(10).unwrap(),
+                "funding",
+                None,
+                Actor::System,
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    account
+}
+
+fn hold(account: &AccountId, micros: i64, ttl: i64, key: &str) -> HoldCommand {
+    HoldCommand::new(
+        account.clone(),
+        ActionId::parse("export").unwrap(),
+        Micros::new(micros),
+        HoldTtl::from_seconds(ttl).unwrap(),
+        IdempotencyKey::parse(key).unwrap(),
+    )
+    .unwrap()
+}
+
+async fn statuses(store: &SqliteStore, holds: &[HoldRecord]) -> Vec<HoldStatus> {
+    let mut statuses = Vec::new();
+    for hold in holds {
+        statuses.push(store.hold(&hold.id).await.unwrap().status);
+    }
+    statuses
+}
+
+/// A replayed hold placement returns the original result, not the hold as
+/// it is after its capture (API.md: "returns the original result").
+#[tokio::test]
+async fn hold_replay_returns_the_original_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(datetime!(2026-11-25 10:00 UTC)));
+    let store = open(&dir, clock);
+    let acme = funded(&store, "acme").await;
+    let placed = store.place_hold(hold(&acme, 500_000, 60, "h1")).await.unwrap();
+    assert!(!placed.replayed);
+    store
+        .capture_hold(&placed.value.id, Quantity::new(10).unwrap())
+        .await
+        .unwrap();
+    let replay = store.place_hold(hold(&acme, 500_000, 60, "h1")).await.unwrap();
+    assert!(replay.replayed);
+    assert_eq!(replay.value, placed.value);
+    assert_eq!(replay.value.status, HoldStatus::Active);
+    // Nothing moved, and the hold itself still says captured.
+    assert_eq!(
+        store.hold(&placed.value.id).await.unwrap().status,
+        HoldStatus::Captured
+    );
+    let account = store.account(&acme).await.unwrap();
+    assert_eq!(account.balances.available, Micros::new(9_800_000));
+    assert!(store.verify_ledger().await.unwrap().is_clean());
+}
+
+/// `expire_holds(limit)` releases at most `limit` holds, oldest expiry first,
+/// even when one account has more due (it used to release all of them).
+#[tokio::test]
+async fn expire_holds_honours_its_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(datetime!(2026-11-25 10:00 UTC)));
+    let store = open(&dir, clock.clone());
+    let acme = funded(&store, "acme").await;
+    let mut holds: Vec<HoldRecord> = Vec::new();
+    for (index, ttl) in [30, 10, 20].into_iter().enumerate() {
+        holds.push(
+            store
+                .place_hold(hold(&acme, 100_000, ttl, &format!("h{index}")))
+                .await
+                .unwrap()
+                .value,
+        );
+    }
+    clock.advance(Duration::minutes(1));
+    assert_eq!(store.expire_holds(1).await.unwrap(), 1);
+    // The one with the earliest expiry (ttl 10 s) went first.
+    assert_eq!(
+        statuses(&store, &holds).await,
+        [HoldStatus::Active, HoldStatus::Expired, HoldStatus::Active]
+    );
+    assert_eq!(store.expire_holds(10).await.unwrap(), 2);
+    assert_eq!(store.expire_holds(10).await.unwrap(), 0);
+    let account = store.account(&acme).await.unwrap();
+    assert_eq!(account.balances.held, Micros::ZERO);
+    assert_eq!(account.balances.available, Micros::from_dollars(10).unwrap());
+    assert!(store.verify_ledger().await.unwrap().is_clean());
+}
