@@ -84,9 +84,19 @@ pub struct NewAccount {
     pub name: String,
     /// Billing e-mail address.
     pub email: String,
+    /// Who creates it, for the audit log (`Actor::System` unless told).
+    pub created_by: Actor,
 }
 
 impl NewAccount {
+    /// Records who creates the account.
+    pub fn created_by(self, actor: Actor) -> NewAccount {
+        NewAccount {
+            created_by: actor,
+            ..self
+        }
+    }
+
     /// Validates the name (non-empty) and e-mail (one `@`, no spaces, ≤ 254).
     pub fn new(id: AccountId, name: &str, email: &str) -> Result<NewAccount, InvalidCommand> {
         let name = checked_text("name", name, true)?;
@@ -104,6 +114,7 @@ impl NewAccount {
             id,
             name,
             email: email.to_owned(),
+            created_by: Actor::System,
         })
     }
 }

@@ -52,7 +52,10 @@ pub enum StoreError {
     /// The action is not in the price book.
     #[error("unknown action `{0}`")]
     UnknownAction(String),
-    /// An amount computation overflowed.
+    /// `quantity × price` does not fit in 64-bit micro-dollars.
+    #[error("quantity × price is too large")]
+    ChargeTooLarge,
+    /// A balance or total computation overflowed.
     #[error("amount overflow: {0}")]
     Overflow(&'static str),
     /// The hold is no longer active.

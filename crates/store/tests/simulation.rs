@@ -682,7 +682,7 @@ impl Model {
         let (Some(amount), Some(list_amount)) = (paid.checked_mul(quantity), list.checked_mul(quantity))
         else {
             self.undo(undo);
-            return expect_err(observed, StoreError::Overflow("quantity × price"));
+            return expect_err(observed, StoreError::ChargeTooLarge);
         };
         if amount > 0 && amount > account.spendable() {
             let spendable = account.spendable();
@@ -904,7 +904,7 @@ impl Model {
         let units = i64::try_from(quantity.get()).unwrap();
         let (Some(cost), Some(list_amount)) = (paid.checked_mul(units), list.checked_mul(units)) else {
             self.undo(undo);
-            return expect_err(observed, StoreError::Overflow("quantity × price"));
+            return expect_err(observed, StoreError::ChargeTooLarge);
         };
         if cost > hold.amount {
             self.undo(undo);
@@ -1909,6 +1909,12 @@ impl Sim {
         let store = self.store();
         let now = self.clock.now();
         self.model.roll_all(now);
+        // Reading an account (below) releases its holds whose time ran out,
+        // through the writer, exactly as a write would.
+        let ids: Vec<String> = self.model.accounts.keys().cloned().collect();
+        for id in &ids {
+            let _ = self.model.expire_due(id, now);
+        }
         let report = store
             .verify_ledger()
             .await

@@ -89,7 +89,7 @@ pub async fn create_account(
     email: &str,
 ) -> anyhow::Result<ExitCode> {
     let id = AccountId::parse(id)?;
-    let account = NewAccount::new(id, name, email)?;
+    let account = NewAccount::new(id, name, email)?.created_by(cli_actor());
     let store = open_store(database_url, &config)?;
     let created = store.create_account(account).await?;
     println!("{}", describe(&created, &config));

@@ -249,7 +249,7 @@ impl From<StoreError> for ApiError {
             StoreError::UnknownAction(action) => {
                 ApiError::invalid_request(format!("unknown action `{action}`")).with_param("action")
             }
-            StoreError::Overflow(what) if what.contains("quantity") => {
+            StoreError::ChargeTooLarge => {
                 ApiError::invalid_request("quantity × price is too large").with_param("quantity")
             }
             StoreError::Overflow(what) => {

@@ -386,7 +386,10 @@ async fn grants_and_the_ledger() {
     let (status, audit) = server.get("/v1/audit?limit=10").await;
     assert_eq!(status, StatusCode::OK);
     let entries = audit["data"].as_array().unwrap();
-    assert_eq!(entries.len(), 2);
+    // Newest first: two grants, then the account's creation.
+    assert_eq!(entries.len(), 3);
+    assert_eq!(entries[2]["action"], "account.created");
+    assert_eq!(entries[2]["actor"], "api_key:operator");
     assert_eq!(entries[0]["object"], "audit_entry");
     assert_eq!(entries[0]["action"], "grant.created");
     assert_eq!(entries[0]["actor"], "api_key:operator");

@@ -280,13 +280,18 @@ async fn the_sweeper_releases_expired_holds_of_idle_accounts() {
     server.funded_account("idle", "10.00").await;
     let hold = place(&server, "idle", "4.00", Some(30), "h1").await;
     server.clock.advance(time::Duration::seconds(31));
-    // Reads do not write: the funds stay held until something releases them.
-    assert_eq!(server.account("idle").await["held_balance"], "4.00");
+    // Observed through the journal only: reading the account or the hold
+    // would itself release it, and this test is about the sweeper.
+    let last_line_type = || async {
+        let (_, ledger) = server.get("/v1/accounts/idle/transactions?limit=1").await;
+        ledger["data"][0]["type"].as_str().unwrap_or_default().to_owned()
+    };
+    assert_eq!(last_line_type().await, "hold");
 
     let sweeper = tollgate_web::spawn_hold_sweeper(server.store.clone(), 10);
     let mut released = false;
     for _ in 0..200 {
-        if server.account("idle").await["held_balance"] == "0.00" {
+        if last_line_type().await == "hold_release" {
             released = true;
             break;
         }
@@ -309,6 +314,7 @@ async fn the_sweeper_releases_expired_holds_of_idle_accounts() {
 
     // One more, released by a direct sweep.
     place(&server, "idle", "1.00", Some(1), "h2").await;
+    assert_eq!(server.account("idle").await["held_balance"], "1.00");
     server.clock.advance(time::Duration::seconds(2));
     assert_eq!(
         tollgate_web::sweep_expired_holds(server.store.as_ref())
@@ -323,6 +329,23 @@ async fn the_sweeper_releases_expired_holds_of_idle_accounts() {
         0
     );
     assert_eq!(server.account("idle").await["held_balance"], "0.00");
+    server.assert_ledger_clean().await;
+}
+
+#[tokio::test]
+async fn reading_an_account_or_hold_never_shows_an_expired_hold_as_held() {
+    let server = TestServer::start().await;
+    server.funded_account("reader", "10.00").await;
+    let hold = place(&server, "reader", "4.00", Some(30), "h1").await;
+    assert_eq!(server.account("reader").await["held_balance"], "4.00");
+    server.clock.advance(time::Duration::seconds(30));
+    let account = server.account("reader").await;
+    assert_eq!(
+        (&account["held_balance"], &account["available_balance"]),
+        (&json!("0.00"), &json!("10.00"))
+    );
+    let (_, hold) = server.get(&format!("/v1/holds/{}", id(&hold))).await;
+    assert_eq!(hold["status"], "expired");
     server.assert_ledger_clean().await;
 }
 

@@ -149,15 +149,25 @@ impl Store for SqliteStore {
 
     async fn account(&self, id: &AccountId) -> StoreResult<AccountRecord> {
         let id = id.clone();
-        self.read(move |connection, now, _| {
-            rows::load_account(connection, &id, now)?
-                .map(|stored| stored.record)
-                .ok_or_else(|| StoreError::NotFound {
-                    what: "account",
-                    id: id.to_string(),
-                })
-        })
-        .await
+        let read_id = id.clone();
+        let (record, due) = self
+            .read(move |connection, now, _| {
+                let record = rows::load_account(connection, &read_id, now)?
+                    .map(|stored| stored.record)
+                    .ok_or_else(|| StoreError::NotFound {
+                        what: "account",
+                        id: read_id.to_string(),
+                    })?;
+                Ok((record, rows::has_due_holds(connection, &read_id, now)?))
+            })
+            .await?;
+        if !due {
+            return Ok(record);
+        }
+        // Never show funds as held by a hold whose time ran out: release it first.
+        self.writer
+            .write(move |context| ops::release_due_holds(context, &id))
+            .await
     }
 
     async fn list_accounts(&self, page: PageRequest) -> StoreResult<Page<AccountRecord>> {
@@ -224,14 +234,31 @@ impl Store for SqliteStore {
     }
 
     async fn hold(&self, hold_id: &str) -> StoreResult<HoldRecord> {
-        let hold_id = hold_id.to_owned();
-        self.read(move |connection, _, _| {
-            rows::load_hold(connection, &hold_id)?.ok_or(StoreError::NotFound {
-                what: "hold",
-                id: hold_id,
+        let read_id = hold_id.to_owned();
+        let (hold, now) = self
+            .read(move |connection, now, _| {
+                let hold = rows::load_hold(connection, &read_id)?.ok_or(StoreError::NotFound {
+                    what: "hold",
+                    id: read_id,
+                })?;
+                Ok((hold, now))
             })
-        })
-        .await
+            .await?;
+        if hold.status != tollgate_core::HoldStatus::Active || hold.expires_at > now {
+            return Ok(hold);
+        }
+        // An active hold past its time is reported as what it is: expired and released.
+        let account = hold.account.clone();
+        let hold_id = hold_id.to_owned();
+        self.writer
+            .write(move |context| {
+                ops::release_due_holds(context, &account)?;
+                rows::load_hold(context.connection, &hold_id)?.ok_or(StoreError::NotFound {
+                    what: "hold",
+                    id: hold_id,
+                })
+            })
+            .await
     }
 
     async fn expire_holds(&self, limit: usize) -> StoreResult<usize> {

@@ -35,7 +35,7 @@ fn overflow(_: tollgate_core::MoneyOverflow) -> StoreError {
 fn pricing_error(error: PricingError) -> StoreError {
     match error {
         PricingError::UnknownAction(action) => StoreError::UnknownAction(action.to_string()),
-        PricingError::Overflow => StoreError::Overflow("quantity × price"),
+        PricingError::Overflow => StoreError::ChargeTooLarge,
     }
 }
 
@@ -60,7 +60,22 @@ pub fn create_account(context: &WriteContext<'_>, account: &NewAccount) -> Store
             to_unix_micros(context.now),
             to_unix_micros(spend.cycle_start),
         ])?;
+    audit(
+        context,
+        &account.created_by,
+        "account.created",
+        &account.id,
+        None,
+        Some(format!("name={:?} email={:?}", account.name, account.email)),
+    )?;
     load(context, &account.id).map(|stored| stored.record)
+}
+
+/// Releases an account's holds whose time ran out; returns the account as it is then.
+pub fn release_due_holds(context: &WriteContext<'_>, id: &AccountId) -> StoreResult<AccountRecord> {
+    let account = load_for_write(context, id)?;
+    rows::save_account(context.connection, &account)?;
+    Ok(account.record)
 }
 
 fn load(context: &WriteContext<'_>, id: &AccountId) -> StoreResult<StoredAccount> {
@@ -252,7 +267,7 @@ fn record_usage(
             line.id,
             account.record.id.as_str(),
             usage.action.as_str(),
-            i64::try_from(usage.quantity.get()).map_err(|_| StoreError::Overflow("quantity"))?,
+            i64::try_from(usage.quantity.get()).map_err(|_| StoreError::ChargeTooLarge)?,
             quote.unit_price.get(),
             quote.unit_list_price.get(),
             quote.amount.get(),

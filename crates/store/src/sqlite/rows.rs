@@ -401,6 +401,17 @@ pub fn list_transactions(
     account: &AccountId,
     page: &PageRequest,
 ) -> StoreResult<Page<TransactionLine>> {
+    // An unknown account is not an empty journal.
+    let exists: Option<i64> = connection
+        .prepare_cached("SELECT 1 FROM accounts WHERE id = ?1")?
+        .query_row(params![account.as_str()], |row| row.get(0))
+        .optional()?;
+    if exists.is_none() {
+        return Err(StoreError::NotFound {
+            what: "account",
+            id: account.to_string(),
+        });
+    }
     let before_sequence = match &page.starting_after {
         None => i64::MAX,
         Some(cursor) => connection
@@ -563,4 +574,17 @@ pub fn list_audit(connection: &Connection, page: &PageRequest) -> StoreResult<Pa
     let has_more = data.len() > page.limit as usize;
     data.truncate(page.limit as usize);
     Ok(Page { data, has_more })
+}
+
+/// True when the account has an active hold whose time ran out.
+pub fn has_due_holds(connection: &Connection, account: &AccountId, now: Timestamp) -> StoreResult<bool> {
+    Ok(connection
+        .prepare_cached(
+            "SELECT 1 FROM holds WHERE account_id = ?1 AND status = 'active' AND expires_at <= ?2 LIMIT 1",
+        )?
+        .query_row(params![account.as_str(), to_unix_micros(now)], |row| {
+            row.get::<_, i64>(0)
+        })
+        .optional()?
+        .is_some())
 }

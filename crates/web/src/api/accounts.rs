@@ -1,13 +1,14 @@
 //! `POST /v1/accounts`, `GET /v1/accounts`, `GET /v1/accounts/{id}`.
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use serde::Deserialize;
 use tollgate_core::{AccountId, NewAccount};
 use utoipa::ToSchema;
 
 use crate::api::json::{Account, AccountList};
+use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, PageQuery, Pagination, parse_account_id, path_account_id};
 use crate::state::AppState;
@@ -56,6 +57,7 @@ pub(crate) fn render(state: &AppState, record: &tollgate_store::AccountRecord) -
 )]
 pub async fn create_account(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiJson(request): ApiJson<CreateAccount>,
 ) -> Result<(StatusCode, Json<Account>), ApiError> {
     let id = match request.id.as_deref() {
@@ -63,7 +65,8 @@ pub async fn create_account(
         None => generated_id()?,
     };
     let account = NewAccount::new(id, &request.name, &request.email)
-        .map_err(|error| ApiError::from_command(error, "id"))?;
+        .map_err(|error| ApiError::from_command(error, "id"))?
+        .created_by(caller.actor);
     let record = state.store().create_account(account).await?;
     Ok((StatusCode::CREATED, Json(render(&state, &record)?)))
 }
