@@ -43,10 +43,10 @@ fn start(dir: &std::path::Path) -> Server {
         if let Some(rest) = line.strip_prefix("Tollgate is running at ") {
             url = Some(rest.trim().to_owned());
         }
-        if let Some(rest) = line.trim().strip_prefix("operator key: ") {
-            if rest.starts_with("tg_sk_") {
-                key = Some(rest.trim().to_owned());
-            }
+        if let Some(rest) = line.trim().strip_prefix("operator key: ")
+            && rest.starts_with("tg_sk_")
+        {
+            key = Some(rest.trim().to_owned());
         }
         if line.trim_start().starts_with("try:") {
             break;
