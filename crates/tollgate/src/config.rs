@@ -42,6 +42,7 @@ struct BillingSection {
 struct LimitsSection {
     max_body_bytes: usize,
     request_timeout_ms: u64,
+    requests_per_second_per_key: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,6 +93,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Per-request timeout.
     pub request_timeout_ms: u64,
+    /// Per-key rate limit (0 = off).
+    pub requests_per_second_per_key: u32,
     /// Contact Sales link.
     pub booking_url: String,
     /// Whether first start creates the demo account.
@@ -185,6 +188,7 @@ fn validate(file: FileConfig) -> anyhow::Result<Config> {
         hold_sweep_interval_ms: file.billing.hold_sweep_interval_ms.clamp(50, 3_600_000),
         max_body_bytes: file.limits.max_body_bytes,
         request_timeout_ms: file.limits.request_timeout_ms.clamp(100, 600_000),
+        requests_per_second_per_key: file.limits.requests_per_second_per_key,
         booking_url: file.sales.booking_url,
         create_demo_account: file.demo.create_account,
         demo_credit,

@@ -135,6 +135,7 @@ pub async fn run(database_url: &str, config: Config, args: ServeArgs) -> anyhow:
             public_url: public_url.clone(),
             max_body_bytes: config.max_body_bytes,
             request_timeout_ms: config.request_timeout_ms,
+            rate_limit_per_second: config.requests_per_second_per_key,
         },
     );
     let sweeper = tollgate_web::spawn_hold_sweeper(store.clone(), config.hold_sweep_interval_ms);

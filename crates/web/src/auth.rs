@@ -1,17 +1,17 @@
 //! API keys: generation, hashing, and the bearer-token check in front of `/v1`.
 
 use axum::extract::{Request, State};
-use axum::http::HeaderMap;
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, RETRY_AFTER};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tollgate_core::Actor;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 
 /// Prefix of every secret key, so a leaked one is recognisable in scanners.
@@ -82,8 +82,31 @@ pub async fn require_api_key(
             None => return Err(ApiError::unauthorized()),
         }
     };
+    if let Some(refused) = over_rate_limit(&state, &actor) {
+        return Ok(refused);
+    }
     request.extensions_mut().insert(Caller { actor });
     Ok(next.run(request).await)
+}
+
+/// `429 rate_limited` with `Retry-After` when the key has used up its bucket.
+fn over_rate_limit(state: &AppState, actor: &Actor) -> Option<Response> {
+    use governor::clock::Clock as _;
+    let limiter = state.rate_limiter()?;
+    let not_until = limiter.check_key(&actor.to_string()).err()?;
+    let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+    // Whole seconds, at least one: Retry-After has no finer unit.
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let seconds = seconds.max(1);
+    let mut response = ApiError::new(
+        ErrorCode::RateLimited,
+        format!("too many requests for this API key; retry in {seconds} s"),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(seconds));
+    Some(response)
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@ pub const DEFAULT_HOLD_TTL_SECONDS: i64 = 15 * 60;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Default time a request may take before the server gives up on it.
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// Default requests per second one API key may make (bursts up to twice that).
+pub const DEFAULT_RATE_LIMIT_PER_SECOND: u32 = 10_000;
 
 /// Settings of the HTTP API. The price book, tier basis and clock must be
 /// the same ones the store was opened with.
@@ -35,6 +37,9 @@ pub struct WebConfig {
     pub max_body_bytes: usize,
     /// Time a request may take before it is answered `503`.
     pub request_timeout_ms: u64,
+    /// Requests per second per API key before `429 rate_limited` (bursts of
+    /// twice that pass); 0 switches the limit off.
+    pub rate_limit_per_second: u32,
 }
 
 impl WebConfig {
@@ -52,6 +57,7 @@ impl WebConfig {
             public_url: "http://127.0.0.1:8080".to_owned(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            rate_limit_per_second: DEFAULT_RATE_LIMIT_PER_SECOND,
         }
     }
 }
@@ -69,6 +75,7 @@ impl fmt::Debug for WebConfig {
             .field("public_url", &self.public_url)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("rate_limit_per_second", &self.rate_limit_per_second)
             .finish()
     }
 }

@@ -26,7 +26,10 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-pub use config::{DEFAULT_HOLD_TTL_SECONDS, DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUEST_TIMEOUT_MS, WebConfig};
+pub use config::{
+    DEFAULT_HOLD_TTL_SECONDS, DEFAULT_MAX_BODY_BYTES, DEFAULT_RATE_LIMIT_PER_SECOND,
+    DEFAULT_REQUEST_TIMEOUT_MS, WebConfig,
+};
 pub use state::AppState;
 pub use sweeper::{MAX_SWEEP_ROUNDS, SWEEP_BATCH, spawn_hold_sweeper, sweep_expired_holds};
 

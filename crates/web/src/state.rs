@@ -17,6 +17,18 @@ struct Inner {
     store: SharedStore,
     config: Arc<WebConfig>,
     operator_key_hash: Option<KeyHash>,
+    rate_limiter: Option<KeyRateLimiter>,
+}
+
+/// Token buckets per API key id.
+pub(crate) type KeyRateLimiter = governor::DefaultKeyedRateLimiter<String>;
+
+fn rate_limiter(per_second: u32) -> Option<KeyRateLimiter> {
+    let rate = std::num::NonZeroU32::new(per_second)?;
+    let burst = rate.saturating_mul(std::num::NonZeroU32::MIN.saturating_add(1));
+    Some(governor::RateLimiter::keyed(
+        governor::Quota::per_second(rate).allow_burst(burst),
+    ))
 }
 
 impl AppState {
@@ -30,6 +42,7 @@ impl AppState {
         AppState {
             inner: Arc::new(Inner {
                 store,
+                rate_limiter: rate_limiter(config.rate_limit_per_second),
                 config: Arc::new(config),
                 operator_key_hash,
             }),
@@ -48,5 +61,9 @@ impl AppState {
 
     pub(crate) fn operator_key_hash(&self) -> Option<&KeyHash> {
         self.inner.operator_key_hash.as_ref()
+    }
+
+    pub(crate) fn rate_limiter(&self) -> Option<&KeyRateLimiter> {
+        self.inner.rate_limiter.as_ref()
     }
 }
