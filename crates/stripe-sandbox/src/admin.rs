@@ -42,11 +42,11 @@ fn bad_request(message: impl Into<String>) -> Response {
 }
 
 async fn state(State(app): State<Arc<App>>) -> Json<Value> {
-    Json(app.with(|st| st.dump()))
+    Json(app.with(|state| state.dump()))
 }
 
 async fn reset(State(app): State<Arc<App>>) -> Json<Value> {
-    app.with(|st| st.reset());
+    app.with(|state| state.reset());
     Json(json!({ "reset": true }))
 }
 
@@ -57,12 +57,12 @@ struct WebhookConfig {
 }
 
 async fn webhook_config(State(app): State<Arc<App>>, Json(cfg): Json<WebhookConfig>) -> Json<Value> {
-    app.with(|st| st.set_webhook_url(cfg.url.clone()));
+    app.with(|state| state.set_webhook_url(cfg.url.clone()));
     Json(json!({ "url": cfg.url }))
 }
 
 async fn webhook_faults(State(app): State<Arc<App>>, Json(faults): Json<WebhookFaults>) -> Json<Value> {
-    app.with(|st| st.webhook_faults = faults.clone());
+    app.with(|state| state.webhook_faults = faults.clone());
     Json(json!(faults))
 }
 
@@ -80,7 +80,7 @@ async fn flush(State(app): State<Arc<App>>, body: Option<Json<Flush>>) -> Json<V
 }
 
 async fn deliveries(State(app): State<Arc<App>>) -> Json<Value> {
-    Json(json!({ "data": app.with(|st| st.deliveries.iter().cloned().collect::<Vec<_>>()) }))
+    Json(json!({ "data": app.with(|state| state.deliveries.iter().cloned().collect::<Vec<_>>()) }))
 }
 
 async fn redeliver(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
@@ -115,12 +115,12 @@ struct HangNext {
 
 /// Queues a fault, refusing to grow the queue without bound.
 pub(crate) fn push_fault(app: &App, fault: ApiFault) -> bool {
-    app.with(|st| {
-        if st.api_faults.len() >= MAX_QUEUED_FAULTS {
+    app.with(|state| {
+        if state.api_faults.len() >= MAX_QUEUED_FAULTS {
             return false;
         }
         if fault.count > 0 {
-            st.api_faults.push_back(fault);
+            state.api_faults.push_back(fault);
         }
         true
     })
@@ -155,9 +155,9 @@ fn queue_response(app: &App, fault: ApiFault) -> Response {
 }
 
 async fn clear_faults(State(app): State<Arc<App>>) -> Json<Value> {
-    app.with(|st| {
-        st.api_faults.clear();
-        st.webhook_faults = WebhookFaults::default();
+    app.with(|state| {
+        state.api_faults.clear();
+        state.webhook_faults = WebhookFaults::default();
     });
     Json(json!({ "cleared": true }))
 }
@@ -175,7 +175,7 @@ async fn open_dispute(
     body: Option<Json<OpenDispute>>,
 ) -> Response {
     let b = body.map(|Json(b)| b).unwrap_or_default();
-    match app.with(|st| st.open_dispute(&id, b.reason, b.amount)) {
+    match app.with(|state| state.open_dispute(&id, b.reason, b.amount)) {
         Ok(v) => Json(v).into_response(),
         Err(e) => e.into_response(),
     }
@@ -197,7 +197,7 @@ async fn close_dispute(
         "lost" => false,
         other => return bad_request(format!("status must be won or lost, not {other}")),
     };
-    match app.with(|st| st.close_dispute(&id, won)) {
+    match app.with(|state| state.close_dispute(&id, won)) {
         Ok(v) => Json(v).into_response(),
         Err(e) => e.into_response(),
     }

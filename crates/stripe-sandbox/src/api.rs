@@ -8,7 +8,7 @@ use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use axum::{Extension, Json, Router};
 use serde_json::Value;
 
@@ -27,12 +27,12 @@ const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Per-request facts handlers need for `event.request`.
 #[derive(Debug, Clone)]
-pub(crate) struct RequestCtx {
+pub(crate) struct RequestContext {
     request_id: String,
     idempotency_key: Option<String>,
 }
 
-impl RequestCtx {
+impl RequestContext {
     fn origin(&self) -> Origin {
         Origin {
             request_id: Some(self.request_id.clone()),
@@ -42,46 +42,159 @@ impl RequestCtx {
 }
 
 type ApiResult = Result<Json<Value>, ApiError>;
+type Outcome = Result<Value, ApiError>;
 
-fn query(q: Option<String>) -> Result<Params, ApiError> {
-    Params::parse(q.unwrap_or_default().as_bytes())
+fn query_params(query: Option<String>) -> Result<Params, ApiError> {
+    Params::parse(query.unwrap_or_default().as_bytes())
 }
 
 /// Runs a state operation under the lock.
 fn run<F>(app: &App, f: F) -> ApiResult
 where
-    F: FnOnce(&mut Store) -> Result<Value, ApiError>,
+    F: FnOnce(&mut Store) -> Outcome,
 {
     app.with(f).map(Json)
+}
+
+// Every `/v1` route does the same three things: extract its parameters (the query string of a
+// GET, the form body of a POST), take the lock, call one `State` operation. These four
+// constructors do the extraction once per request shape, so the route table below names, for
+// each route, exactly the operation it runs. POSTs also get the request's origin, which events
+// record as `event.request`.
+
+/// `GET` on a collection: query parameters only.
+fn get_list(operation: fn(&mut Store, Params) -> Outcome) -> MethodRouter<Arc<App>> {
+    get(
+        move |State(app): State<Arc<App>>, RawQuery(query): RawQuery| async move {
+            let params = query_params(query)?;
+            run(&app, |state| operation(state, params))
+        },
+    )
+}
+
+/// `GET` on one object: its id from the path, then query parameters.
+fn get_one(operation: fn(&mut Store, &str, Params) -> Outcome) -> MethodRouter<Arc<App>> {
+    get(
+        move |State(app): State<Arc<App>>, Path(id): Path<String>, RawQuery(query): RawQuery| async move {
+            let params = query_params(query)?;
+            run(&app, |state| operation(state, &id, params))
+        },
+    )
+}
+
+/// `POST` that creates an object: form parameters.
+fn post_new(operation: fn(&mut Store, Params, &Origin) -> Outcome) -> MethodRouter<Arc<App>> {
+    post(
+        move |State(app): State<Arc<App>>,
+              Extension(request_context): Extension<RequestContext>,
+              body: Bytes| async move {
+            let params = Params::parse(&body)?;
+            run(&app, |state| operation(state, params, &request_context.origin()))
+        },
+    )
+}
+
+/// `POST` to one object (update or action): its id from the path, then form parameters.
+fn post_to(operation: fn(&mut Store, &str, Params, &Origin) -> Outcome) -> MethodRouter<Arc<App>> {
+    post(
+        move |State(app): State<Arc<App>>,
+              Extension(request_context): Extension<RequestContext>,
+              Path(id): Path<String>,
+              body: Bytes| async move {
+            let params = Params::parse(&body)?;
+            run(&app, |state| {
+                operation(state, &id, params, &request_context.origin())
+            })
+        },
+    )
 }
 
 /// The `/v1` router (without the shared layers).
 pub(crate) fn router(app: Arc<App>) -> Router<Arc<App>> {
     Router::new()
-        .route("/v1/customers", post(create_customer))
-        .route("/v1/customers/{id}", get(retrieve_customer).post(update_customer))
+        .route(
+            "/v1/customers",
+            post_new(|state, params, origin| state.create_customer(params, origin)),
+        )
+        .route(
+            "/v1/customers/{id}",
+            get_one(|state, id, params| state.retrieve_customer(id, params)).merge(post_to(
+                |state, id, params, origin| state.update_customer(id, params, origin),
+            )),
+        )
         .route(
             "/v1/customers/{id}/payment_methods",
-            get(list_customer_payment_methods),
+            get_one(|state, id, params| state.list_payment_methods(Some(id), params)),
         )
-        .route("/v1/checkout/sessions", post(create_session))
-        .route("/v1/checkout/sessions/{id}", get(retrieve_session))
-        .route("/v1/checkout/sessions/{id}/expire", post(expire_session))
-        .route("/v1/payment_methods", get(list_payment_methods))
-        .route("/v1/payment_methods/{id}", get(retrieve_payment_method))
-        .route("/v1/payment_methods/{id}/attach", post(attach_payment_method))
-        .route("/v1/payment_methods/{id}/detach", post(detach_payment_method))
-        .route("/v1/setup_intents/{id}", get(retrieve_setup_intent))
-        .route("/v1/payment_intents", post(create_payment_intent))
-        .route("/v1/payment_intents/{id}", get(retrieve_payment_intent))
-        .route("/v1/payment_intents/{id}/confirm", post(confirm_payment_intent))
-        .route("/v1/payment_intents/{id}/cancel", post(cancel_payment_intent))
-        .route("/v1/charges/{id}", get(retrieve_charge))
-        .route("/v1/refunds", post(create_refund))
-        .route("/v1/refunds/{id}", get(retrieve_refund))
-        .route("/v1/disputes/{id}", get(retrieve_dispute))
-        .route("/v1/events", get(list_events))
-        .route("/v1/events/{id}", get(retrieve_event))
+        .route(
+            "/v1/checkout/sessions",
+            post_new(|state, params, _| state.create_session(params)),
+        )
+        .route(
+            "/v1/checkout/sessions/{id}",
+            get_one(|state, id, params| state.retrieve_session(id, params)),
+        )
+        .route(
+            "/v1/checkout/sessions/{id}/expire",
+            post_to(|state, id, params, origin| state.expire_session(id, params, origin)),
+        )
+        .route(
+            "/v1/payment_methods",
+            get_list(|state, params| state.list_payment_methods(None, params)),
+        )
+        .route(
+            "/v1/payment_methods/{id}",
+            get_one(|state, id, params| state.retrieve_payment_method(id, params)),
+        )
+        .route(
+            "/v1/payment_methods/{id}/attach",
+            post_to(|state, id, params, origin| state.attach_payment_method(id, params, origin)),
+        )
+        .route(
+            "/v1/payment_methods/{id}/detach",
+            post_to(|state, id, params, origin| state.detach_payment_method(id, params, origin)),
+        )
+        .route(
+            "/v1/setup_intents/{id}",
+            get_one(|state, id, params| state.retrieve_setup_intent(id, params)),
+        )
+        .route(
+            "/v1/payment_intents",
+            post_new(|state, params, origin| state.create_payment_intent(params, origin)),
+        )
+        .route(
+            "/v1/payment_intents/{id}",
+            get_one(|state, id, params| state.retrieve_payment_intent(id, params)),
+        )
+        .route(
+            "/v1/payment_intents/{id}/confirm",
+            post_to(|state, id, params, origin| state.confirm_payment_intent(id, params, origin)),
+        )
+        .route(
+            "/v1/payment_intents/{id}/cancel",
+            post_to(|state, id, params, origin| state.cancel_payment_intent(id, params, origin)),
+        )
+        .route(
+            "/v1/charges/{id}",
+            get_one(|state, id, params| state.retrieve_charge(id, params)),
+        )
+        .route(
+            "/v1/refunds",
+            post_new(|state, params, origin| state.create_refund(params, origin)),
+        )
+        .route(
+            "/v1/refunds/{id}",
+            get_one(|state, id, params| state.retrieve_refund(id, params)),
+        )
+        .route(
+            "/v1/disputes/{id}",
+            get_one(|state, id, params| state.retrieve_dispute(id, params)),
+        )
+        .route("/v1/events", get_list(|state, params| state.list_events(params)))
+        .route(
+            "/v1/events/{id}",
+            get_one(|state, id, params| state.retrieve_event(id, params)),
+        )
         .route("/v1/{*rest}", axum::routing::any(unrecognized))
         .method_not_allowed_fallback(unrecognized)
         .layer(middleware::from_fn_with_state(app, stripe_layer))
@@ -164,7 +277,7 @@ fn check_idempotency(
             "Idempotency keys must be 1 to 255 characters long.",
         ));
     }
-    app.with(|st| {
+    app.with(|state| {
         let mismatch_endpoint = |stored: &str| {
             ApiError::idempotency(format!(
                 "Keys for idempotent requests can only be used for the same endpoint they were first used for ('{endpoint}' vs '{stored}'). Try using a key other than '{key}' if you meant to execute a different request."
@@ -175,7 +288,7 @@ fn check_idempotency(
                 "Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '{key}' if you meant to execute a different request."
             ))
         };
-        match st.idempotent_entry(&key) {
+        match state.idempotent_entry(&key) {
             Some(IdemEntry::InProgress { .. }) => Err(ApiError::idempotency(
                 "There is currently another in-progress request using this Stripe idempotency key (that probably means you submitted twice, and the other request is still going through). Please try again later.",
             )
@@ -191,7 +304,7 @@ fn check_idempotency(
                 Ok(Idem::Replay(resp))
             }
             None => {
-                st.remember_key(
+                state.remember_key(
                     key.clone(),
                     IdemEntry::InProgress { created: now() },
                 );
@@ -226,7 +339,7 @@ async fn stripe_layer(State(app): State<Arc<App>>, req: Request, next: Next) -> 
 async fn handle_call(app: Arc<App>, req: Request, next: Next, request_id: String) -> Response {
     let (mut parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
-    let fault = app.with(|st| take_fault(&mut st.api_faults, &path));
+    let fault = app.with(|state| take_fault(&mut state.api_faults, &path));
     let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(b) => b,
         Err(_) => {
@@ -259,7 +372,7 @@ async fn handle_call(app: Arc<App>, req: Request, next: Next, request_id: String
         Ok(Idem::None) => None,
         Err(e) => return e.into_response(),
     };
-    parts.extensions.insert(RequestCtx {
+    parts.extensions.insert(RequestContext {
         request_id,
         idempotency_key: idem_key.clone(),
     });
@@ -273,9 +386,9 @@ async fn handle_call(app: Arc<App>, req: Request, next: Next, request_id: String
         // Stripe saves results once an endpoint started executing; validation errors are not
         // saved. Here: successes and card declines are saved, everything else frees the key.
         let status = resp_parts.status;
-        app.with(|st| {
+        app.with(|state| {
             if status.is_success() || status == StatusCode::PAYMENT_REQUIRED {
-                st.remember_key(
+                state.remember_key(
                     k,
                     IdemEntry::Done {
                         endpoint: path.clone(),
@@ -286,7 +399,7 @@ async fn handle_call(app: Arc<App>, req: Request, next: Next, request_id: String
                     },
                 );
             } else {
-                st.forget_key(&k);
+                state.forget_key(&k);
             }
         });
     }
@@ -306,198 +419,4 @@ async fn after_fault(fault: Option<(ApiFaultKind, FaultTiming)>, resp: Response)
 
 fn injected_failure() -> Response {
     ApiError::api("An unknown error occurred (injected by the Stripe sandbox).").into_response()
-}
-
-// ----- handlers ---------------------------------------------------------------------------
-
-async fn create_customer(
-    State(app): State<Arc<App>>,
-    Extension(ctx): Extension<RequestCtx>,
-    body: Bytes,
-) -> ApiResult {
-    let p = Params::parse(&body)?;
-    run(&app, |st| st.create_customer(p, &ctx.origin()))
-}
-
-async fn retrieve_customer(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-) -> ApiResult {
-    let p = query(q)?;
-    run(&app, |st| st.retrieve_customer(&id, p))
-}
-
-async fn update_customer(
-    State(app): State<Arc<App>>,
-    Extension(ctx): Extension<RequestCtx>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> ApiResult {
-    let p = Params::parse(&body)?;
-    run(&app, |st| st.update_customer(&id, p, &ctx.origin()))
-}
-
-async fn list_customer_payment_methods(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-) -> ApiResult {
-    let p = query(q)?;
-    run(&app, |st| st.list_payment_methods(Some(&id), p))
-}
-
-async fn create_session(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
-    let p = Params::parse(&body)?;
-    run(&app, |st| st.create_session(p))
-}
-
-async fn retrieve_session(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-) -> ApiResult {
-    let p = query(q)?;
-    run(&app, |st| st.retrieve_session(&id, p))
-}
-
-async fn expire_session(
-    State(app): State<Arc<App>>,
-    Extension(ctx): Extension<RequestCtx>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> ApiResult {
-    let p = Params::parse(&body)?;
-    run(&app, |st| st.expire_session(&id, p, &ctx.origin()))
-}
-
-async fn list_payment_methods(State(app): State<Arc<App>>, RawQuery(q): RawQuery) -> ApiResult {
-    let p = query(q)?;
-    run(&app, |st| st.list_payment_methods(None, p))
-}
-
-async fn retrieve_payment_method(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-) -> ApiResult {
-    let p = query(q)?;
-    run(&app, |st| st.retrieve_payment_method(&id, p))
-}
-
-async fn attach_payment_method(
-    State(app): State<Arc<App>>,
-    Extension(ctx): Extension<RequestCtx>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> ApiResult {
-    let p = Params::parse(&body)?;
-    run(&app, |st| st.attach_payment_method(&id, p, &ctx.origin()))
-}
-
-async fn detach_payment_method(
-    State(app): State<Arc<App>>,
-    Extension(ctx): Extension<RequestCtx>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> ApiResult {
-    let p = Params::parse(&body)?;
-    run(&app, |st| st.detach_payment_method(&id, p, &ctx.origin()))
-}
-
-async fn retrieve_setup_intent(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-) -> ApiResult {
-    let p = query(q)?;
-    run(&app, |st| st.retrieve_setup_intent(&id, p))
-}
-
-async fn create_payment_intent(
-    State(app): State<Arc<App>>,
-    Extension(ctx): Extension<RequestCtx>,
-    body: Bytes,
-) -> ApiResult {
-    let p = Params::parse(&body)?;
-    run(&app, |st| st.create_payment_intent(p, &ctx.origin()))
-}
-
-async fn retrieve_payment_intent(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-) -> ApiResult {
-    let p = query(q)?;
-    run(&app, |st| st.retrieve_payment_intent(&id, p))
-}
-
-async fn confirm_payment_intent(
-    State(app): State<Arc<App>>,
-    Extension(ctx): Extension<RequestCtx>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> ApiResult {
-    let p = Params::parse(&body)?;
-    run(&app, |st| st.confirm_payment_intent(&id, p, &ctx.origin()))
-}
-
-async fn cancel_payment_intent(
-    State(app): State<Arc<App>>,
-    Extension(ctx): Extension<RequestCtx>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> ApiResult {
-    let p = Params::parse(&body)?;
-    run(&app, |st| st.cancel_payment_intent(&id, p, &ctx.origin()))
-}
-
-async fn retrieve_charge(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-) -> ApiResult {
-    let p = query(q)?;
-    run(&app, |st| st.retrieve_charge(&id, p))
-}
-
-async fn create_refund(
-    State(app): State<Arc<App>>,
-    Extension(ctx): Extension<RequestCtx>,
-    body: Bytes,
-) -> ApiResult {
-    let p = Params::parse(&body)?;
-    run(&app, |st| st.create_refund(p, &ctx.origin()))
-}
-
-async fn retrieve_refund(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-) -> ApiResult {
-    let p = query(q)?;
-    run(&app, |st| st.retrieve_refund(&id, p))
-}
-
-async fn retrieve_dispute(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-) -> ApiResult {
-    let p = query(q)?;
-    run(&app, |st| st.retrieve_dispute(&id, p))
-}
-
-async fn list_events(State(app): State<Arc<App>>, RawQuery(q): RawQuery) -> ApiResult {
-    let p = query(q)?;
-    run(&app, |st| st.list_events(p))
-}
-
-async fn retrieve_event(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-) -> ApiResult {
-    let p = query(q)?;
-    run(&app, |st| st.retrieve_event(&id, p))
 }

@@ -112,7 +112,12 @@ pub(crate) fn luhn_valid(number: &str) -> bool {
 
 /// The card brand Stripe would report for a number, from its prefix.
 pub(crate) fn brand(number: &str) -> &'static str {
-    let prefix = |n: usize| number.get(..n).and_then(|p| p.parse::<u32>().ok()).unwrap_or(0);
+    let prefix = |n: usize| {
+        number
+            .get(..n)
+            .and_then(|digits| digits.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
     match () {
         _ if number.starts_with('4') => "visa",
         _ if (51..=55).contains(&prefix(2)) || (2221..=2720).contains(&prefix(4)) => "mastercard",

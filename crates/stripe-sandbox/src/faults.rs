@@ -95,9 +95,12 @@ pub(crate) fn take_fault(
     faults: &mut std::collections::VecDeque<ApiFault>,
     path: &str,
 ) -> Option<(ApiFaultKind, FaultTiming)> {
-    let idx = faults
-        .iter()
-        .position(|f| f.count > 0 && f.path_prefix.as_deref().is_none_or(|p| path.starts_with(p)))?;
+    let idx = faults.iter().position(|f| {
+        f.count > 0
+            && f.path_prefix
+                .as_deref()
+                .is_none_or(|prefix| path.starts_with(prefix))
+    })?;
     let f = faults.get_mut(idx)?;
     f.count -= 1;
     let taken = (f.kind, f.when);

@@ -245,7 +245,7 @@ fn closed_page(s: &CheckoutSession) -> Response {
 }
 
 async fn show_checkout(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
-    let Some(s) = app.with(|st| st.session(&id)) else {
+    let Some(s) = app.with(|state| state.session(&id)) else {
         return not_found();
     };
     if s.status != SessionStatus::Open {
@@ -353,7 +353,7 @@ async fn submit_checkout(
     Path(id): Path<String>,
     Form(form): Form<CardForm>,
 ) -> Response {
-    let Some(s) = app.with(|st| st.session(&id)) else {
+    let Some(s) = app.with(|state| state.session(&id)) else {
         return not_found();
     };
     if s.status != SessionStatus::Open {
@@ -363,7 +363,7 @@ async fn submit_checkout(
         Ok(i) => i,
         Err(msg) => return card_page(&app.public_base, &s, Some(msg), &form),
     };
-    match app.with(|st| st.submit_card(&id, input)) {
+    match app.with(|state| state.submit_card(&id, input)) {
         Ok(outcome) => outcome_response(&app, &id, outcome, &form),
         Err(_) => not_found(),
     }
@@ -375,7 +375,7 @@ fn outcome_response(app: &App, id: &str, outcome: PageOutcome, form: &CardForm) 
         PageOutcome::Challenge => {
             Redirect::to(&format!("{}/checkout/{id}/authenticate", app.public_base)).into_response()
         }
-        PageOutcome::Error(msg) => match app.with(|st| st.session(id)) {
+        PageOutcome::Error(msg) => match app.with(|state| state.session(id)) {
             Some(s) if s.status == SessionStatus::Open => card_page(&app.public_base, &s, Some(&msg), form),
             Some(s) => closed_page(&s),
             None => not_found(),
@@ -384,7 +384,7 @@ fn outcome_response(app: &App, id: &str, outcome: PageOutcome, form: &CardForm) 
 }
 
 async fn show_session_challenge(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
-    let Some(s) = app.with(|st| st.session(&id)) else {
+    let Some(s) = app.with(|state| state.session(&id)) else {
         return not_found();
     };
     let Some(pending) = s.pending.as_ref().filter(|_| s.status == SessionStatus::Open) else {
@@ -430,17 +430,17 @@ async fn answer_session_challenge(
         "fail" => false,
         _ => return (StatusCode::BAD_REQUEST, "action must be complete or fail").into_response(),
     };
-    match app.with(|st| st.answer_session_challenge(&id, success)) {
+    match app.with(|state| state.answer_session_challenge(&id, success)) {
         Ok(outcome) => outcome_response(&app, &id, outcome, &CardForm::default()),
         Err(_) => not_found(),
     }
 }
 
 async fn show_payment_challenge(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
-    let Some(pi) = app.with(|st| st.payment_intent(&id)) else {
+    let Some(payment_intent) = app.with(|state| state.payment_intent(&id)) else {
         return not_found();
     };
-    if pi.status.as_str() != "requires_action" {
+    if payment_intent.status.as_str() != "requires_action" {
         return message_page(
             StatusCode::OK,
             "Nothing to authenticate",
@@ -450,7 +450,7 @@ async fn show_payment_challenge(State(app): State<Arc<App>>, Path(id): Path<Stri
     }
     let detail = format!(
         "Your bank asks you to confirm a payment of {}.",
-        format_amount(pi.amount, &pi.currency)
+        format_amount(payment_intent.amount, &payment_intent.currency)
     );
     challenge_page(
         &format!("{}/authenticate/{id}", app.public_base),
@@ -470,8 +470,10 @@ async fn answer_payment_challenge(
         "fail" => false,
         _ => return (StatusCode::BAD_REQUEST, "action must be complete or fail").into_response(),
     };
-    let return_url = app.with(|st| st.payment_intent(&id)).and_then(|pi| pi.return_url);
-    match app.with(|st| st.answer_payment_challenge(&id, success)) {
+    let return_url = app
+        .with(|state| state.payment_intent(&id))
+        .and_then(|payment_intent| payment_intent.return_url);
+    match app.with(|state| state.answer_payment_challenge(&id, success)) {
         Ok(status) => match return_url {
             Some(url) => {
                 let sep = if url.contains('?') { '&' } else { '?' };

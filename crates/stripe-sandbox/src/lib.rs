@@ -127,9 +127,9 @@ impl App {
     /// Runs `f` under the state lock, then wakes the deliverer if events were queued.
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
         let (r, wake) = {
-            let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            let r = f(&mut st);
-            (r, std::mem::take(&mut st.wake))
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let r = f(&mut state);
+            (r, std::mem::take(&mut state.wake))
         };
         if wake {
             self.wake.notify_one();
@@ -237,12 +237,12 @@ impl Sandbox {
     /// Sets (or changes) where webhooks go; events that waited for an endpoint are sent there.
     pub fn set_webhook_url(&self, url: impl Into<String>) {
         let url = url.into();
-        self.app.with(|st| st.set_webhook_url(Some(url)));
+        self.app.with(|state| state.set_webhook_url(Some(url)));
     }
 
     /// Replaces the webhook fault settings.
     pub fn set_webhook_faults(&self, faults: WebhookFaults) {
-        self.app.with(|st| st.webhook_faults = faults);
+        self.app.with(|state| state.webhook_faults = faults);
     }
 
     /// Queues a fault for upcoming `/v1` calls; returns false if too many are queued.
@@ -252,9 +252,9 @@ impl Sandbox {
 
     /// Removes every queued API fault and webhook fault.
     pub fn clear_faults(&self) {
-        self.app.with(|st| {
-            st.api_faults.clear();
-            st.webhook_faults = WebhookFaults::default();
+        self.app.with(|state| {
+            state.api_faults.clear();
+            state.webhook_faults = WebhookFaults::default();
         });
     }
 
@@ -275,29 +275,32 @@ impl Sandbox {
 
     /// Webhook delivery attempts so far (most recent last, bounded).
     pub fn deliveries(&self) -> Vec<DeliveryRecord> {
-        self.app.with(|st| st.deliveries.iter().cloned().collect())
+        self.app.with(|state| state.deliveries.iter().cloned().collect())
     }
 
     /// Delivery status of one event.
     pub fn delivery_status(&self, event_id: &str) -> Option<DeliveryStatus> {
-        self.app.with(|st| st.events.get(event_id).map(|e| e.delivery))
+        self.app
+            .with(|state| state.events.get(event_id).map(|e| e.delivery))
     }
 
-    /// Opens a dispute on a successful charge (emits `charge.dispute.created`); returns the dispute.
+    /// Opens a dispute on a successful charge (emits `charge.dispute.created`, then
+    /// `charge.dispute.funds_withdrawn`); returns the dispute.
     pub fn open_dispute(&self, charge_id: &str, reason: Option<&str>) -> Result<Value, SandboxError> {
         Ok(self
             .app
-            .with(|st| st.open_dispute(charge_id, reason.map(str::to_string), None))?)
+            .with(|state| state.open_dispute(charge_id, reason.map(str::to_string), None))?)
     }
 
-    /// Closes a dispute as won or lost (emits `charge.dispute.closed`); returns the dispute.
+    /// Closes a dispute as won or lost (emits `charge.dispute.closed`, then, if won,
+    /// `charge.dispute.funds_reinstated`); returns the dispute.
     pub fn close_dispute(&self, dispute_id: &str, won: bool) -> Result<Value, SandboxError> {
-        Ok(self.app.with(|st| st.close_dispute(dispute_id, won))?)
+        Ok(self.app.with(|state| state.close_dispute(dispute_id, won))?)
     }
 
     /// A JSON dump of everything the sandbox holds, for debugging.
     pub fn state(&self) -> Value {
-        self.app.with(|st| st.dump())
+        self.app.with(|state| state.dump())
     }
 
     /// Forgets all objects, events, keys and faults (the webhook URL stays).

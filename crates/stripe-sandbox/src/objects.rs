@@ -637,6 +637,10 @@ pub(crate) struct CheckoutSession {
     pub(crate) cancel_url: Option<String>,
     pub(crate) metadata: Metadata,
     pub(crate) client_reference_id: Option<String>,
+    /// `allowed_payment_method_types[]` / `excluded_payment_method_types[]` as given (`None`:
+    /// not given), echoed back like Stripe does; only `card` can ever be offered.
+    pub(crate) allowed_payment_method_types: Option<Vec<String>>,
+    pub(crate) excluded_payment_method_types: Option<Vec<String>>,
     pub(crate) setup_intent: Option<String>,
     pub(crate) payment_intent: Option<String>,
     pub(crate) pi_setup_future_usage: Option<String>,
@@ -686,6 +690,7 @@ impl CheckoutSession {
             "adaptive_pricing": null,
             "after_expiration": null,
             "allow_promotion_codes": null,
+            "allowed_payment_method_types": self.allowed_payment_method_types,
             "amount_subtotal": amount,
             "amount_total": amount,
             "automatic_tax": { "enabled": false, "liability": null, "provider": null, "status": null },
@@ -710,6 +715,7 @@ impl CheckoutSession {
             "customer_details": customer_details,
             "customer_email": self.customer_email,
             "discounts": [],
+            "excluded_payment_method_types": self.excluded_payment_method_types,
             "expires_at": self.expires_at,
             "invoice": null,
             "invoice_creation": null,

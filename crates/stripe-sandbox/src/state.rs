@@ -123,8 +123,8 @@ fn check_capacity<T>(map: &HashMap<String, T>) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn currency_param(p: &mut Params, path: &[&str]) -> Result<Option<String>, ApiError> {
-    match p.str(path)? {
+fn currency_param(params: &mut Params, path: &[&str]) -> Result<Option<String>, ApiError> {
+    match params.str(path)? {
         None => Ok(None),
         Some(c) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_alphabetic()) => {
             Ok(Some(c.to_ascii_lowercase()))
@@ -160,16 +160,16 @@ fn check_amount(amount: i64, currency: &str, param: &str) -> Result<(), ApiError
     Ok(())
 }
 
-fn metadata_param(p: &mut Params, path: &[&str]) -> Result<Metadata, ApiError> {
-    match p.metadata(path)? {
+fn metadata_param(params: &mut Params, path: &[&str]) -> Result<Metadata, ApiError> {
+    match params.metadata(path)? {
         Some(m) => m.into_new(&display_path(path)),
         None => Ok(Metadata::new()),
     }
 }
 
 /// `off_session` accepts a boolean or Stripe's older `one_off` / `recurring`.
-fn off_session_param(p: &mut Params) -> Result<Option<bool>, ApiError> {
-    match p.str(&["off_session"])?.as_deref() {
+fn off_session_param(params: &mut Params) -> Result<Option<bool>, ApiError> {
+    match params.str(&["off_session"])?.as_deref() {
         None => Ok(None),
         Some("true" | "one_off" | "recurring") => Ok(Some(true)),
         Some("false") => Ok(Some(false)),
@@ -224,15 +224,15 @@ fn paginate<T>(
 }
 
 /// `created=<ts>` or `created[gt|gte|lt|lte]=<ts>` as an inclusive (from, to) range.
-fn created_range(p: &mut Params) -> Result<(Option<i64>, Option<i64>), ApiError> {
-    if !p.is_hash(&["created"]) {
-        let exact = p.int(&["created"])?;
+fn created_range(params: &mut Params) -> Result<(Option<i64>, Option<i64>), ApiError> {
+    if !params.is_hash(&["created"]) {
+        let exact = params.int(&["created"])?;
         return Ok((exact, exact));
     }
-    let gt = p.int(&["created", "gt"])?.map(|t| t.saturating_add(1));
-    let gte = p.int(&["created", "gte"])?;
-    let lt = p.int(&["created", "lt"])?.map(|t| t.saturating_sub(1));
-    let lte = p.int(&["created", "lte"])?;
+    let gt = params.int(&["created", "gt"])?.map(|t| t.saturating_add(1));
+    let gte = params.int(&["created", "gte"])?;
+    let lt = params.int(&["created", "lt"])?.map(|t| t.saturating_sub(1));
+    let lte = params.int(&["created", "lte"])?;
     Ok((
         gt.max(gte),
         match (lt, lte) {
@@ -337,10 +337,10 @@ impl State {
         self.wake = true;
     }
 
-    pub(crate) fn retrieve_event(&self, id: &str, p: Params) -> Result<Value, ApiError> {
-        let mut p = p;
-        let expand = p.str_list(&["expand"])?;
-        p.finish()?;
+    pub(crate) fn retrieve_event(&self, id: &str, params: Params) -> Result<Value, ApiError> {
+        let mut params = params;
+        let expand = params.str_list(&["expand"])?;
+        params.finish()?;
         let ev = self
             .events
             .get(id)
@@ -350,18 +350,18 @@ impl State {
         Ok(v)
     }
 
-    pub(crate) fn list_events(&self, mut p: Params) -> Result<Value, ApiError> {
-        let limit = crate::wire::list_limit(&mut p)?;
-        let starting_after = p.str(&["starting_after"])?;
-        let ending_before = p.str(&["ending_before"])?;
-        let mut types = p.str_list(&["types"])?;
-        if let Some(t) = p.str(&["type"])? {
+    pub(crate) fn list_events(&self, mut params: Params) -> Result<Value, ApiError> {
+        let limit = crate::wire::list_limit(&mut params)?;
+        let starting_after = params.str(&["starting_after"])?;
+        let ending_before = params.str(&["ending_before"])?;
+        let mut types = params.str_list(&["types"])?;
+        if let Some(t) = params.str(&["type"])? {
             types.push(t);
         }
-        let delivery_success = p.bool(&["delivery_success"])?;
-        let created = created_range(&mut p)?;
-        let expand = p.str_list(&["expand"])?;
-        p.finish()?;
+        let delivery_success = params.bool(&["delivery_success"])?;
+        let created = created_range(&mut params)?;
+        let expand = params.str_list(&["expand"])?;
+        params.finish()?;
         let matches = |e: &Event| {
             let type_ok = types.is_empty()
                 || types.iter().any(|want| match want.strip_suffix('*') {
@@ -411,7 +411,7 @@ impl State {
             "ch" => self.charges.get(id).map(Charge::to_json),
             "re" => self.refunds.get(id).map(Refund::to_json),
             "dp" => self.disputes.get(id).map(Dispute::to_json),
-            "cs" => self.sessions.get(id).map(|s| self.session_json(s)),
+            "cs" => self.sessions.get(id).map(|session| self.session_json(session)),
             _ => None,
         }
     }
@@ -489,7 +489,7 @@ impl State {
             "charges": sorted(&self.charges, Charge::to_json),
             "refunds": sorted(&self.refunds, Refund::to_json),
             "disputes": sorted(&self.disputes, Dispute::to_json),
-            "checkout_sessions": sorted(&self.sessions, |s| self.session_json(s)),
+            "checkout_sessions": sorted(&self.sessions, |session| self.session_json(session)),
             "events": events,
             "webhook_queue": self.delivery_queue,
             "webhook_held": self.held,
@@ -561,13 +561,13 @@ fn current_year() -> u32 {
     crate::hosted::current_year_month().0
 }
 
-fn unexpected_state(pi: &PaymentIntent, action: &str) -> ApiError {
+fn unexpected_state(payment_intent: &PaymentIntent, action: &str) -> ApiError {
     ApiError::invalid(format!(
         "You cannot {action} this PaymentIntent because it has a status of {}.",
-        pi.status.as_str()
+        payment_intent.status.as_str()
     ))
     .with("code", "payment_intent_unexpected_state")
-    .with("payment_intent", pi.to_json())
+    .with("payment_intent", payment_intent.to_json())
 }
 
 /// The top-level fields that changed, with their old values (`data.previous_attributes`).
@@ -597,48 +597,55 @@ mod tests {
 
     #[test]
     fn due_sessions_expire_with_an_event() {
-        let mut st = State::new("http://sandbox.test".into(), None, 100);
-        let v = st.create_session(params("mode=setup&currency=usd")).unwrap();
+        let mut state = State::new("http://sandbox.test".into(), None, 100);
+        let v = state.create_session(params("mode=setup&currency=usd")).unwrap();
         let id = v["id"].as_str().unwrap().to_string();
         assert_eq!(v["url"], format!("http://sandbox.test/checkout/{id}"));
-        st.expire_due_sessions();
-        assert_eq!(st.sessions[&id].status, SessionStatus::Open);
-        st.sessions.get_mut(&id).unwrap().expires_at = now() - 1;
-        st.expire_due_sessions();
-        assert_eq!(st.sessions[&id].status, SessionStatus::Expired);
-        assert!(st.events.values().any(|e| e.type_ == "checkout.session.expired"));
+        state.expire_due_sessions();
+        assert_eq!(state.sessions[&id].status, SessionStatus::Open);
+        state.sessions.get_mut(&id).unwrap().expires_at = now() - 1;
+        state.expire_due_sessions();
+        assert_eq!(state.sessions[&id].status, SessionStatus::Expired);
+        assert!(
+            state
+                .events
+                .values()
+                .any(|e| e.type_ == "checkout.session.expired")
+        );
     }
 
     #[test]
     fn idempotency_keys_are_capped_and_reusable() {
-        let mut st = State::default();
+        let mut state = State::default();
         for i in 0..MAX_IDEMPOTENCY_KEYS + 10 {
-            st.remember_key(format!("k{i}"), IdemEntry::InProgress { created: now() });
+            state.remember_key(format!("k{i}"), IdemEntry::InProgress { created: now() });
         }
-        assert_eq!(st.idempotency.len(), MAX_IDEMPOTENCY_KEYS);
-        assert!(st.idempotent_entry("k0").is_none());
+        assert_eq!(state.idempotency.len(), MAX_IDEMPOTENCY_KEYS);
+        assert!(state.idempotent_entry("k0").is_none());
         assert!(
-            st.idempotent_entry(&format!("k{}", MAX_IDEMPOTENCY_KEYS + 9))
+            state
+                .idempotent_entry(&format!("k{}", MAX_IDEMPOTENCY_KEYS + 9))
                 .is_some()
         );
         // A key forgotten and used again keeps its new entry when its old slot is evicted.
-        st.forget_key("k20");
-        st.remember_key("k20".into(), IdemEntry::InProgress { created: now() });
+        state.forget_key("k20");
+        state.remember_key("k20".into(), IdemEntry::InProgress { created: now() });
         for i in 0..30 {
-            st.remember_key(format!("more{i}"), IdemEntry::InProgress { created: now() });
+            state.remember_key(format!("more{i}"), IdemEntry::InProgress { created: now() });
         }
-        assert!(st.idempotent_entry("k20").is_some());
-        assert!(st.idempotency.len() <= MAX_IDEMPOTENCY_KEYS);
+        assert!(state.idempotent_entry("k20").is_some());
+        assert!(state.idempotency.len() <= MAX_IDEMPOTENCY_KEYS);
     }
 
     #[test]
     fn stored_events_are_capped() {
-        let mut st = State::new("http://sandbox.test".into(), None, 3);
+        let mut state = State::new("http://sandbox.test".into(), None, 3);
         for _ in 0..5 {
-            st.create_customer(params("email=a%40b.c"), &Origin::default())
+            state
+                .create_customer(params("email=a%40b.c"), &Origin::default())
                 .unwrap();
         }
-        assert_eq!(st.events.len(), 3);
-        assert_eq!(st.event_order.len(), 3);
+        assert_eq!(state.events.len(), 3);
+        assert_eq!(state.event_order.len(), 3);
     }
 }

@@ -99,17 +99,17 @@ struct Job {
 
 /// Pops the next events to send, applying the drop and reorder faults.
 fn next_job(app: &App) -> Option<Job> {
-    app.with(|st| {
-        while let Some(id) = st.delivery_queue.pop_front() {
-            let Some(ev) = st.events.get_mut(&id) else {
+    app.with(|state| {
+        while let Some(id) = state.delivery_queue.pop_front() {
+            let Some(ev) = state.events.get_mut(&id) else {
                 continue; // evicted by the event cap
             };
-            if st.webhook_url.is_none() {
+            if state.webhook_url.is_none() {
                 // No endpoint: keep it pending so a later flush can still send it.
                 ev.delivery = DeliveryStatus::Pending;
                 continue;
             }
-            let faults = &mut st.webhook_faults;
+            let faults = &mut state.webhook_faults;
             if faults.drop_next > 0 {
                 faults.drop_next -= 1;
                 ev.delivery = DeliveryStatus::Dropped;
@@ -118,16 +118,16 @@ fn next_job(app: &App) -> Option<Job> {
             if faults.reorder_next > 0 {
                 faults.reorder_next -= 1;
                 ev.delivery = DeliveryStatus::Held;
-                st.held.push(id);
-                if st.webhook_faults.reorder_next > 0 {
+                state.held.push(id);
+                if state.webhook_faults.reorder_next > 0 {
                     continue;
                 }
-                let mut events: Vec<String> = st.held.drain(..).collect();
+                let mut events: Vec<String> = state.held.drain(..).collect();
                 events.reverse();
                 return Some(Job {
                     events,
-                    delay: Duration::from_millis(st.webhook_faults.delay_ms.min(MAX_DELAY_MS)),
-                    duplicate: st.webhook_faults.duplicate,
+                    delay: Duration::from_millis(state.webhook_faults.delay_ms.min(MAX_DELAY_MS)),
+                    duplicate: state.webhook_faults.duplicate,
                 });
             }
             return Some(Job {
@@ -142,9 +142,9 @@ fn next_job(app: &App) -> Option<Job> {
 
 /// Sends one attempt; returns whether the receiver acknowledged it.
 async fn attempt(app: &App, event_id: &str, attempt_no: u32) -> bool {
-    let Some((url, body, event_type)) = app.with(|st| {
-        let url = st.webhook_url.clone()?;
-        let ev = st.events.get_mut(event_id)?;
+    let Some((url, body, event_type)) = app.with(|state| {
+        let url = state.webhook_url.clone()?;
+        let ev = state.events.get_mut(event_id)?;
         ev.attempts += 1;
         Some((url, ev.body.clone(), ev.type_.clone()))
     }) else {
@@ -179,9 +179,9 @@ async fn attempt(app: &App, event_id: &str, attempt_no: u32) -> bool {
         ?status,
         "webhook delivery attempt"
     );
-    app.with(|st| {
-        st.record_delivery(record);
-        if let Some(ev) = st.events.get_mut(event_id)
+    app.with(|state| {
+        state.record_delivery(record);
+        if let Some(ev) = state.events.get_mut(event_id)
             && ok
         {
             ev.delivery = DeliveryStatus::Delivered;
@@ -213,8 +213,8 @@ fn spawn_retries(app: Arc<App>, event_id: String, mut stop: watch::Receiver<bool
                 return;
             }
         }
-        app.with(|st| {
-            if let Some(ev) = st.events.get_mut(&event_id)
+        app.with(|state| {
+            if let Some(ev) = state.events.get_mut(&event_id)
                 && ev.delivery != DeliveryStatus::Delivered
             {
                 ev.delivery = DeliveryStatus::Failed;
@@ -244,8 +244,8 @@ pub(crate) async fn run_deliverer(app: Arc<App>, mut stop: watch::Receiver<bool>
                 attempt(&app, &id, 1).await;
             }
             if !first {
-                let delivered = app.with(|st| {
-                    let ev = st.events.get_mut(&id);
+                let delivered = app.with(|state| {
+                    let ev = state.events.get_mut(&id);
                     match ev {
                         Some(ev) if ev.delivery == DeliveryStatus::Delivered => true,
                         Some(ev) => {
@@ -258,8 +258,8 @@ pub(crate) async fn run_deliverer(app: Arc<App>, mut stop: watch::Receiver<bool>
                 if !delivered && app.retry.attempts() > 1 {
                     spawn_retries(app.clone(), id.clone(), stop.clone());
                 } else if !delivered {
-                    app.with(|st| {
-                        if let Some(ev) = st.events.get_mut(&id) {
+                    app.with(|state| {
+                        if let Some(ev) = state.events.get_mut(&id) {
                             ev.delivery = DeliveryStatus::Failed;
                         }
                     });
@@ -272,19 +272,19 @@ pub(crate) async fn run_deliverer(app: Arc<App>, mut stop: watch::Receiver<bool>
 /// Queues every event not yet acknowledged (dropped, held, failed, pending) for delivery now;
 /// with `all`, every stored event, acknowledged or not.
 pub(crate) fn flush(app: &App, all: bool) -> usize {
-    app.with(|st| {
-        let mut held: Vec<String> = st.held.drain(..).collect();
+    app.with(|state| {
+        let mut held: Vec<String> = state.held.drain(..).collect();
         held.reverse();
-        st.webhook_faults.reorder_next = 0;
-        let queued: std::collections::HashSet<String> = st.delivery_queue.iter().cloned().collect();
+        state.webhook_faults.reorder_next = 0;
+        let queued: std::collections::HashSet<String> = state.delivery_queue.iter().cloned().collect();
         let mut count = 0;
         for id in held {
-            st.delivery_queue.push_back(id);
+            state.delivery_queue.push_back(id);
             count += 1;
         }
-        let order: Vec<String> = st.event_order.iter().cloned().collect();
+        let order: Vec<String> = state.event_order.iter().cloned().collect();
         for id in order {
-            let Some(ev) = st.events.get(&id) else { continue };
+            let Some(ev) = state.events.get(&id) else { continue };
             let resend = if queued.contains(&id) || ev.delivery == DeliveryStatus::Retrying {
                 false
             } else {
@@ -294,24 +294,24 @@ pub(crate) fn flush(app: &App, all: bool) -> usize {
                 )
             };
             if resend {
-                st.delivery_queue.push_back(id);
+                state.delivery_queue.push_back(id);
                 count += 1;
             }
         }
-        st.wake = true;
+        state.wake = true;
         count
     })
 }
 
 /// Queues one event for (re)delivery, whatever happened to it before.
 pub(crate) fn redeliver(app: &App, id: &str) -> bool {
-    app.with(|st| {
-        if !st.events.contains_key(id) {
+    app.with(|state| {
+        if !state.events.contains_key(id) {
             return false;
         }
-        st.held.retain(|h| h != id);
-        st.delivery_queue.push_back(id.to_string());
-        st.wake = true;
+        state.held.retain(|h| h != id);
+        state.delivery_queue.push_back(id.to_string());
+        state.wake = true;
         true
     })
 }
@@ -330,14 +330,14 @@ mod tests {
 
     #[test]
     fn backoff_doubles_and_caps() {
-        let p = RetryPolicy {
+        let policy = RetryPolicy {
             base_delay: Duration::from_millis(200),
             max_delay: Duration::from_secs(1),
             ..Default::default()
         };
-        assert_eq!(p.delay_before(2), Duration::from_millis(200));
-        assert_eq!(p.delay_before(3), Duration::from_millis(400));
-        assert_eq!(p.delay_before(4), Duration::from_millis(800));
-        assert_eq!(p.delay_before(5), Duration::from_secs(1));
+        assert_eq!(policy.delay_before(2), Duration::from_millis(200));
+        assert_eq!(policy.delay_before(3), Duration::from_millis(400));
+        assert_eq!(policy.delay_before(4), Duration::from_millis(800));
+        assert_eq!(policy.delay_before(5), Duration::from_secs(1));
     }
 }

@@ -75,7 +75,7 @@ impl ApiError {
     /// `resource_missing`: 404 for an id in the path, 400 for an id given as a parameter.
     pub(crate) fn no_such(kind: &str, id: &str, param: Option<&str>) -> Self {
         let (status, param) = match param {
-            Some(p) => (StatusCode::BAD_REQUEST, p),
+            Some(param) => (StatusCode::BAD_REQUEST, param),
             None => (StatusCode::NOT_FOUND, "id"),
         };
         Self::new(status, "invalid_request_error", format!("No such {kind}: '{id}'"))
@@ -391,9 +391,9 @@ impl Params {
         }
         let mut out = Vec::new();
         for i in self.indices(path)? {
-            let mut p: Vec<&str> = path.to_vec();
-            p.push(&i);
-            if let Some(v) = self.str(&p)? {
+            let mut item_path: Vec<&str> = path.to_vec();
+            item_path.push(&i);
+            if let Some(v) = self.str(&item_path)? {
                 out.push(v);
             }
         }
@@ -460,9 +460,9 @@ impl Params {
             match node {
                 Node::Map(m) if touched => {
                     for (k, child) in m.iter().rev() {
-                        let mut p = path.clone();
-                        p.push(k.clone());
-                        stack.push((p, child));
+                        let mut child_path = path.clone();
+                        child_path.push(k.clone());
+                        stack.push((child_path, child));
                     }
                 }
                 _ => return Err(ApiError::unknown_param(&display_path(&path))),
@@ -473,8 +473,8 @@ impl Params {
 }
 
 /// Validates the `limit` of a list request (Stripe: 1–100, default 10).
-pub(crate) fn list_limit(p: &mut Params) -> Result<usize, ApiError> {
-    match p.int(&["limit"])? {
+pub(crate) fn list_limit(params: &mut Params) -> Result<usize, ApiError> {
+    match params.int(&["limit"])? {
         None => Ok(10),
         Some(n) if (1..=100).contains(&n) => Ok(usize::try_from(n).unwrap_or(10)),
         Some(n) => Err(ApiError::invalid_param(
@@ -504,30 +504,34 @@ mod tests {
 
     #[test]
     fn parses_brackets_and_tracks_unknown() {
-        let mut p = Params::parse(
+        let mut params = Params::parse(
             b"metadata[account_id]=acme&payment_method_types[0]=card&expand[]=a&expand[]=b&line_items[0][price_data][unit_amount]=2500&extra[x]=1",
         )
         .unwrap();
-        let md = p.metadata(&["metadata"]).unwrap();
+        let md = params.metadata(&["metadata"]).unwrap();
         assert!(matches!(md, Some(MetadataUpdate::Merge(m)) if m["account_id"] == "acme"));
-        assert_eq!(p.str_list(&["payment_method_types"]).unwrap(), vec!["card"]);
-        assert_eq!(p.str_list(&["expand"]).unwrap(), vec!["a", "b"]);
-        assert_eq!(p.indices(&["line_items"]).unwrap(), vec!["0"]);
+        assert_eq!(params.str_list(&["payment_method_types"]).unwrap(), vec!["card"]);
+        assert_eq!(params.str_list(&["expand"]).unwrap(), vec!["a", "b"]);
+        assert_eq!(params.indices(&["line_items"]).unwrap(), vec!["0"]);
         assert_eq!(
-            p.int(&["line_items", "0", "price_data", "unit_amount"]).unwrap(),
+            params
+                .int(&["line_items", "0", "price_data", "unit_amount"])
+                .unwrap(),
             Some(2500)
         );
-        let err = p.finish().unwrap_err();
+        let err = params.finish().unwrap_err();
         assert_eq!(err.body["param"], "extra");
     }
 
     #[test]
     fn nested_unknown_is_named_at_its_level() {
-        let mut p =
+        let mut params =
             Params::parse(b"payment_intent_data[setup_future_usage]=off_session&payment_intent_data[foo]=1")
                 .unwrap();
-        p.str(&["payment_intent_data", "setup_future_usage"]).unwrap();
-        let err = p.finish().unwrap_err();
+        params
+            .str(&["payment_intent_data", "setup_future_usage"])
+            .unwrap();
+        let err = params.finish().unwrap_err();
         assert_eq!(err.body["param"], "payment_intent_data[foo]");
         assert_eq!(err.body["code"], "parameter_unknown");
     }

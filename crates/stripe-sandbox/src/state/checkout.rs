@@ -3,17 +3,17 @@
 use super::*;
 
 impl State {
-    pub(super) fn session_json(&self, s: &CheckoutSession) -> Value {
-        let email = s
+    pub(super) fn session_json(&self, session: &CheckoutSession) -> Value {
+        let email = session
             .customer
             .as_ref()
             .and_then(|c| self.customers.get(c))
             .and_then(|c| c.email.as_deref());
-        s.to_json(email)
+        session.to_json(email)
     }
 
-    pub(crate) fn create_session(&mut self, mut p: Params) -> Result<Value, ApiError> {
-        let mode = match p.req_str(&["mode"])?.as_str() {
+    pub(crate) fn create_session(&mut self, mut params: Params) -> Result<Value, ApiError> {
+        let mode = match params.req_str(&["mode"])?.as_str() {
             "setup" => Mode::Setup,
             "payment" => Mode::Payment,
             "subscription" => {
@@ -24,34 +24,58 @@ impl State {
             }
             other => return Err(ApiError::invalid_param("mode", format!("Invalid mode: {other}"))),
         };
-        let mut currency = currency_param(&mut p, &["currency"])?;
-        let customer = non_empty(p.str(&["customer"])?).flatten();
-        let customer_email = non_empty(p.str(&["customer_email"])?).flatten();
-        let customer_creation = p.str(&["customer_creation"])?;
-        let success_url = non_empty(p.str(&["success_url"])?).flatten();
-        let cancel_url = non_empty(p.str(&["cancel_url"])?).flatten();
-        let metadata = metadata_param(&mut p, &["metadata"])?;
-        let client_reference_id = non_empty(p.str(&["client_reference_id"])?).flatten();
-        let expires_at = p.int(&["expires_at"])?;
-        let types = p.str_list(&["payment_method_types"])?;
-        let _locale = p.str(&["locale"])?;
-        let ui_mode = p.str(&["ui_mode"])?;
-        let si_metadata = metadata_param(&mut p, &["setup_intent_data", "metadata"])?;
-        let _si_description = p.str(&["setup_intent_data", "description"])?;
-        let sfu = p.str(&["payment_intent_data", "setup_future_usage"])?;
-        let pi_metadata = metadata_param(&mut p, &["payment_intent_data", "metadata"])?;
-        let pi_description = p.str(&["payment_intent_data", "description"])?;
+        let mut currency = currency_param(&mut params, &["currency"])?;
+        let customer = non_empty(params.str(&["customer"])?).flatten();
+        let customer_email = non_empty(params.str(&["customer_email"])?).flatten();
+        let customer_creation = params.str(&["customer_creation"])?;
+        let success_url = non_empty(params.str(&["success_url"])?).flatten();
+        let cancel_url = non_empty(params.str(&["cancel_url"])?).flatten();
+        let metadata = metadata_param(&mut params, &["metadata"])?;
+        let client_reference_id = non_empty(params.str(&["client_reference_id"])?).flatten();
+        let expires_at = params.int(&["expires_at"])?;
+        let types = params.str_list(&["payment_method_types"])?;
+        // async-stripe can only restrict Checkout through these two filters (it has no setter for
+        // the legacy list), so they are accepted too; an empty list means "not given".
+        let allowed_types =
+            Some(params.str_list(&["allowed_payment_method_types"])?).filter(|t| !t.is_empty());
+        let excluded_types =
+            Some(params.str_list(&["excluded_payment_method_types"])?).filter(|t| !t.is_empty());
+        let _locale = params.str(&["locale"])?;
+        let ui_mode = params.str(&["ui_mode"])?;
+        let si_metadata = metadata_param(&mut params, &["setup_intent_data", "metadata"])?;
+        let _si_description = params.str(&["setup_intent_data", "description"])?;
+        let setup_future_usage = params.str(&["payment_intent_data", "setup_future_usage"])?;
+        let pi_metadata = metadata_param(&mut params, &["payment_intent_data", "metadata"])?;
+        let pi_description = params.str(&["payment_intent_data", "description"])?;
         let mut line_items = Vec::new();
-        for i in p.indices(&["line_items"])? {
-            line_items.push(line_item(&mut p, &i, &mut currency)?);
+        for i in params.indices(&["line_items"])? {
+            line_items.push(line_item(&mut params, &i, &mut currency)?);
         }
-        let expand = p.str_list(&["expand"])?;
-        p.finish()?;
+        let expand = params.str_list(&["expand"])?;
+        params.finish()?;
 
         if let Some(t) = types.iter().find(|t| t.as_str() != "card") {
             return Err(ApiError::invalid_param(
                 "payment_method_types",
                 format!("The sandbox supports only card payments, not {t}."),
+            ));
+        }
+        if let Some((i, t)) = allowed_types
+            .iter()
+            .flatten()
+            .enumerate()
+            .find(|(_, t)| t.as_str() != "card")
+        {
+            return Err(ApiError::invalid_param(
+                &format!("allowed_payment_method_types[{i}]"),
+                format!("The sandbox supports only card payments, not {t}."),
+            ));
+        }
+        // Card is the only method the sandbox offers, so excluding it would leave nothing to pay with.
+        if let Some(i) = excluded_types.iter().flatten().position(|t| t == "card") {
+            return Err(ApiError::invalid_param(
+                &format!("excluded_payment_method_types[{i}]"),
+                "The sandbox supports only card payments, so `card` cannot be excluded.",
             ));
         }
         if ui_mode.as_deref().is_some_and(|m| m != "hosted") {
@@ -68,12 +92,12 @@ impl State {
                 format!("Invalid customer_creation: {c}"),
             ));
         }
-        if let Some(s) = &sfu
-            && !matches!(s.as_str(), "off_session" | "on_session")
+        if let Some(usage) = &setup_future_usage
+            && !matches!(usage.as_str(), "off_session" | "on_session")
         {
             return Err(ApiError::invalid_param(
                 "payment_intent_data[setup_future_usage]",
-                format!("Invalid setup_future_usage: {s}"),
+                format!("Invalid setup_future_usage: {usage}"),
             ));
         }
         if let Some(c) = &customer
@@ -100,7 +124,7 @@ impl State {
                         "You cannot pass `line_items` in `setup` mode.",
                     ));
                 }
-                if sfu.is_some() {
+                if setup_future_usage.is_some() {
                     return Err(ApiError::invalid_param(
                         "payment_intent_data",
                         "You can not pass `payment_intent_data` in `setup` mode.",
@@ -123,10 +147,10 @@ impl State {
         let id = new_id("cs_test", 58);
         let setup_intent = if mode == Mode::Setup {
             check_capacity(&self.setup_intents)?;
-            let si = SetupIntent::new(new_id("seti", 24), created, customer.clone(), si_metadata);
-            let si_id = si.id.clone();
-            self.setup_intents.insert(si_id.clone(), si);
-            Some(si_id)
+            let setup_intent = SetupIntent::new(new_id("seti", 24), created, customer.clone(), si_metadata);
+            let setup_intent_id = setup_intent.id.clone();
+            self.setup_intents.insert(setup_intent_id.clone(), setup_intent);
+            Some(setup_intent_id)
         } else {
             None
         };
@@ -151,9 +175,11 @@ impl State {
             cancel_url,
             metadata,
             client_reference_id,
+            allowed_payment_method_types: allowed_types,
+            excluded_payment_method_types: excluded_types,
             setup_intent,
             payment_intent: None,
-            pi_setup_future_usage: sfu,
+            pi_setup_future_usage: setup_future_usage,
             pi_metadata,
             pi_description,
             pending: None,
@@ -170,8 +196,8 @@ impl State {
         let due: Vec<String> = self
             .sessions
             .values()
-            .filter(|s| s.status == SessionStatus::Open && t >= s.expires_at)
-            .map(|s| s.id.clone())
+            .filter(|session| session.status == SessionStatus::Open && t >= session.expires_at)
+            .map(|session| session.id.clone())
             .collect();
         for id in due {
             self.expire(&id, &Origin::default());
@@ -183,57 +209,57 @@ impl State {
         let due = self
             .sessions
             .get(id)
-            .is_some_and(|s| s.status == SessionStatus::Open && now() >= s.expires_at);
+            .is_some_and(|session| session.status == SessionStatus::Open && now() >= session.expires_at);
         if due {
             self.expire(id, &Origin::default());
         }
     }
 
     fn expire(&mut self, id: &str, origin: &Origin) -> Option<Value> {
-        let s = self.sessions.get_mut(id)?;
-        s.status = SessionStatus::Expired;
-        s.pending = None;
-        let pi = s.payment_intent.clone();
-        if let Some(pi) = pi.and_then(|pi| self.payment_intents.get_mut(&pi))
-            && pi.status != IntentStatus::Succeeded
+        let session = self.sessions.get_mut(id)?;
+        session.status = SessionStatus::Expired;
+        session.pending = None;
+        let payment_intent_id = session.payment_intent.clone();
+        if let Some(payment_intent) = payment_intent_id.and_then(|id| self.payment_intents.get_mut(&id))
+            && payment_intent.status != IntentStatus::Succeeded
         {
-            pi.status = IntentStatus::Canceled;
-            pi.canceled_at = Some(now());
-            pi.cancellation_reason = Some("abandoned".into());
+            payment_intent.status = IntentStatus::Canceled;
+            payment_intent.canceled_at = Some(now());
+            payment_intent.cancellation_reason = Some("abandoned".into());
         }
-        let v = self.sessions.get(id).map(|s| self.session_json(s))?;
+        let v = self.sessions.get(id).map(|session| self.session_json(session))?;
         self.emit("checkout.session.expired", v.clone(), None, origin);
         Some(v)
     }
 
-    pub(crate) fn retrieve_session(&mut self, id: &str, mut p: Params) -> Result<Value, ApiError> {
-        let expand = p.str_list(&["expand"])?;
-        p.finish()?;
+    pub(crate) fn retrieve_session(&mut self, id: &str, mut params: Params) -> Result<Value, ApiError> {
+        let expand = params.str_list(&["expand"])?;
+        params.finish()?;
         self.expire_if_due(id);
-        let s = self
+        let session = self
             .sessions
             .get(id)
             .ok_or_else(|| ApiError::no_such("checkout.session", id, None))?;
-        self.respond(self.session_json(s), &expand)
+        self.respond(self.session_json(session), &expand)
     }
 
     pub(crate) fn expire_session(
         &mut self,
         id: &str,
-        mut p: Params,
+        mut params: Params,
         origin: &Origin,
     ) -> Result<Value, ApiError> {
-        let expand = p.str_list(&["expand"])?;
-        p.finish()?;
+        let expand = params.str_list(&["expand"])?;
+        params.finish()?;
         self.expire_if_due(id);
-        let s = self
+        let session = self
             .sessions
             .get(id)
             .ok_or_else(|| ApiError::no_such("checkout.session", id, None))?;
-        if s.status != SessionStatus::Open {
+        if session.status != SessionStatus::Open {
             return Err(ApiError::invalid(format!(
                 "Only Checkout Sessions with a status in [\"open\"] can be expired. This Checkout Session has a status of \"{}\".",
-                s.status.as_str()
+                session.status.as_str()
             )));
         }
         let v = self
@@ -254,18 +280,18 @@ impl State {
         session_id: &str,
         input: CardInput,
     ) -> Result<PageOutcome, ApiError> {
-        let Some(s) = self.session(session_id) else {
+        let Some(session) = self.session(session_id) else {
             return Err(ApiError::no_such("checkout.session", session_id, None));
         };
-        if s.status != SessionStatus::Open {
+        if session.status != SessionStatus::Open {
             return Ok(PageOutcome::Error(
                 "This Checkout Session is no longer active.".into(),
             ));
         }
         let card = card_from_number(&input.number, input.exp_month, input.exp_year);
         if card.behavior.challenges_on_session() {
-            if let Some(s) = self.sessions.get_mut(session_id) {
-                s.pending = Some(PendingCard {
+            if let Some(session) = self.sessions.get_mut(session_id) {
+                session.pending = Some(PendingCard {
                     card,
                     billing_name: input.billing_name,
                 });
@@ -281,15 +307,15 @@ impl State {
         session_id: &str,
         success: bool,
     ) -> Result<PageOutcome, ApiError> {
-        let Some(s) = self.sessions.get_mut(session_id) else {
+        let Some(session) = self.sessions.get_mut(session_id) else {
             return Err(ApiError::no_such("checkout.session", session_id, None));
         };
-        let Some(pending) = s.pending.take() else {
+        let Some(pending) = session.pending.take() else {
             return Ok(PageOutcome::Error(
                 "There is no authentication in progress for this session.".into(),
             ));
         };
-        if s.status != SessionStatus::Open {
+        if session.status != SessionStatus::Open {
             return Ok(PageOutcome::Error(
                 "This Checkout Session is no longer active.".into(),
             ));
@@ -298,31 +324,31 @@ impl State {
             return self.finish_session(session_id, pending.card, pending.billing_name, true);
         }
         let origin = Origin::default();
-        let mode = s.mode;
-        let si = s.setup_intent.clone();
+        let mode = session.mode;
+        let setup_intent_id = session.setup_intent.clone();
         match mode {
             Mode::Setup => {
-                if let Some(si) = si.and_then(|id| self.setup_intents.get_mut(&id)) {
-                    si.last_setup_error = Some(json!({
+                if let Some(setup_intent) = setup_intent_id.and_then(|id| self.setup_intents.get_mut(&id)) {
+                    setup_intent.last_setup_error = Some(json!({
                         "type": "invalid_request_error",
                         "code": "setup_intent_authentication_failure",
                         "message": AUTH_FAILED_MESSAGE,
                     }));
-                    si.status = IntentStatus::RequiresPaymentMethod;
-                    let v = si.to_json();
+                    setup_intent.status = IntentStatus::RequiresPaymentMethod;
+                    let v = setup_intent.to_json();
                     self.emit("setup_intent.setup_failed", v, None, &origin);
                 }
             }
             Mode::Payment => {
-                let pi = self.session_payment_intent(session_id, &origin)?;
-                if let Some(pi) = self.payment_intents.get_mut(&pi) {
-                    pi.last_payment_error = Some(json!({
+                let payment_intent_id = self.session_payment_intent(session_id, &origin)?;
+                if let Some(payment_intent) = self.payment_intents.get_mut(&payment_intent_id) {
+                    payment_intent.last_payment_error = Some(json!({
                         "type": "invalid_request_error",
                         "code": "payment_intent_authentication_failure",
                         "message": AUTH_FAILED_MESSAGE,
                     }));
-                    pi.status = IntentStatus::RequiresPaymentMethod;
-                    let v = pi.to_json();
+                    payment_intent.status = IntentStatus::RequiresPaymentMethod;
+                    let v = payment_intent.to_json();
                     self.emit("payment_intent.payment_failed", v, None, &origin);
                 }
             }
@@ -332,45 +358,45 @@ impl State {
 
     /// The session's payment intent, created on the first payment attempt like Stripe does.
     fn session_payment_intent(&mut self, session_id: &str, origin: &Origin) -> Result<String, ApiError> {
-        let s = self
+        let session = self
             .sessions
             .get(session_id)
             .ok_or_else(|| ApiError::no_such("checkout.session", session_id, None))?;
-        if let Some(pi) = &s.payment_intent {
-            return Ok(pi.clone());
+        if let Some(payment_intent) = &session.payment_intent {
+            return Ok(payment_intent.clone());
         }
         check_capacity(&self.payment_intents)?;
-        let amount = s.amount_total().unwrap_or(0);
-        let mut pi = PaymentIntent::new(
+        let amount = session.amount_total().unwrap_or(0);
+        let mut payment_intent = PaymentIntent::new(
             new_id("pi", 24),
             now(),
             amount,
-            s.currency.clone().unwrap_or_else(|| "usd".into()),
+            session.currency.clone().unwrap_or_else(|| "usd".into()),
         );
-        pi.customer = s.customer.clone();
-        pi.metadata = s.pi_metadata.clone();
-        pi.description = s.pi_description.clone();
-        pi.setup_future_usage = s.pi_setup_future_usage.clone();
-        let id = pi.id.clone();
-        let v = pi.to_json();
-        self.payment_intents.insert(id.clone(), pi);
-        if let Some(s) = self.sessions.get_mut(session_id) {
-            s.payment_intent = Some(id.clone());
+        payment_intent.customer = session.customer.clone();
+        payment_intent.metadata = session.pi_metadata.clone();
+        payment_intent.description = session.pi_description.clone();
+        payment_intent.setup_future_usage = session.pi_setup_future_usage.clone();
+        let id = payment_intent.id.clone();
+        let v = payment_intent.to_json();
+        self.payment_intents.insert(id.clone(), payment_intent);
+        if let Some(session) = self.sessions.get_mut(session_id) {
+            session.payment_intent = Some(id.clone());
         }
         self.emit("payment_intent.created", v, None, origin);
         Ok(id)
     }
 
     fn ensure_session_customer(&mut self, session_id: &str, origin: &Origin) -> Option<String> {
-        let s = self.sessions.get(session_id)?;
-        if let Some(c) = &s.customer {
+        let session = self.sessions.get(session_id)?;
+        if let Some(c) = &session.customer {
             return Some(c.clone());
         }
         let c = Customer {
             id: new_id("cus", 14),
             created: now(),
-            email: s.customer_email.clone(),
-            name: s.billing_name.clone(),
+            email: session.customer_email.clone(),
+            name: session.billing_name.clone(),
             description: None,
             phone: None,
             metadata: Metadata::new(),
@@ -381,8 +407,8 @@ impl State {
         let v = c.to_json();
         self.customers.insert(id.clone(), c);
         self.emit("customer.created", v, None, origin);
-        if let Some(s) = self.sessions.get_mut(session_id) {
-            s.customer = Some(id.clone());
+        if let Some(session) = self.sessions.get_mut(session_id) {
+            session.customer = Some(id.clone());
         }
         Some(id)
     }
@@ -395,13 +421,13 @@ impl State {
         authenticated: bool,
     ) -> Result<PageOutcome, ApiError> {
         let origin = Origin::default();
-        let Some(s) = self.sessions.get_mut(session_id) else {
+        let Some(session) = self.sessions.get_mut(session_id) else {
             return Err(ApiError::no_such("checkout.session", session_id, None));
         };
-        s.billing_name = billing_name.clone();
-        let mode = s.mode;
-        let si_id = s.setup_intent.clone();
-        let wants_customer = s.customer_creation.as_deref() == Some("always");
+        session.billing_name = billing_name.clone();
+        let mode = session.mode;
+        let setup_intent_id = session.setup_intent.clone();
+        let wants_customer = session.customer_creation.as_deref() == Some("always");
         match mode {
             Mode::Setup => {
                 let decline = match card.behavior {
@@ -410,15 +436,18 @@ impl State {
                     _ => None,
                 };
                 if let Some(d) = decline {
-                    if let Some(si) = si_id.as_ref().and_then(|id| self.setup_intents.get_mut(id)) {
-                        si.last_setup_error = Some(json!({
+                    if let Some(setup_intent) = setup_intent_id
+                        .as_ref()
+                        .and_then(|id| self.setup_intents.get_mut(id))
+                    {
+                        setup_intent.last_setup_error = Some(json!({
                             "type": "card_error",
                             "code": d.code,
                             "decline_code": d.decline_code,
                             "message": d.message,
                         }));
-                        si.status = IntentStatus::RequiresPaymentMethod;
-                        let v = si.to_json();
+                        setup_intent.status = IntentStatus::RequiresPaymentMethod;
+                        let v = setup_intent.to_json();
                         self.emit("setup_intent.setup_failed", v, None, &origin);
                     }
                     return Ok(PageOutcome::Error(d.message.into()));
@@ -429,112 +458,120 @@ impl State {
                 let customer = if wants_customer {
                     self.ensure_session_customer(session_id, &origin)
                 } else {
-                    self.sessions.get(session_id).and_then(|s| s.customer.clone())
+                    self.sessions
+                        .get(session_id)
+                        .and_then(|session| session.customer.clone())
                 };
-                let pm = self.create_payment_method(card, billing_name)?;
+                let payment_method = self.create_payment_method(card, billing_name)?;
                 if let Some(c) = &customer {
-                    self.attach(&pm, c, &origin);
+                    self.attach(&payment_method, c, &origin);
                 }
-                if let Some(si) = si_id.as_ref().and_then(|id| self.setup_intents.get_mut(id)) {
-                    si.payment_method = Some(pm.clone());
-                    si.customer = customer.clone();
-                    si.status = IntentStatus::Succeeded;
-                    si.last_setup_error = None;
-                    let v = si.to_json();
+                if let Some(setup_intent) = setup_intent_id
+                    .as_ref()
+                    .and_then(|id| self.setup_intents.get_mut(id))
+                {
+                    setup_intent.payment_method = Some(payment_method.clone());
+                    setup_intent.customer = customer.clone();
+                    setup_intent.status = IntentStatus::Succeeded;
+                    setup_intent.last_setup_error = None;
+                    let v = setup_intent.to_json();
                     self.emit("setup_intent.succeeded", v, None, &origin);
                 }
             }
             Mode::Payment => {
-                let pi_id = self.session_payment_intent(session_id, &origin)?;
+                let payment_intent_id = self.session_payment_intent(session_id, &origin)?;
                 if authenticated && card.behavior == Behavior::AuthOnSetup {
                     card.authenticated_for_off_session = true;
                 }
-                let pm = self.create_payment_method(card, billing_name)?;
-                if let Some(pi) = self.payment_intents.get_mut(&pi_id) {
-                    pi.payment_method = Some(pm.clone());
+                let payment_method = self.create_payment_method(card, billing_name)?;
+                if let Some(payment_intent) = self.payment_intents.get_mut(&payment_intent_id) {
+                    payment_intent.payment_method = Some(payment_method.clone());
                 }
                 // The hosted page is on-session and any challenge was just passed.
-                let decline = self.charge_decline(&pm, false, true);
+                let decline = self.charge_decline(&payment_method, false, true);
                 if let Some(d) = decline {
-                    self.fail_payment(&pi_id, &pm, d, &origin);
+                    self.fail_payment(&payment_intent_id, &payment_method, d, &origin);
                     return Ok(PageOutcome::Error(d.message.into()));
                 }
                 let saves = self
                     .payment_intents
-                    .get(&pi_id)
-                    .is_some_and(|pi| pi.setup_future_usage.is_some());
+                    .get(&payment_intent_id)
+                    .is_some_and(|payment_intent| payment_intent.setup_future_usage.is_some());
                 if saves {
                     if let Some(c) = self.ensure_session_customer(session_id, &origin) {
-                        if let Some(pi) = self.payment_intents.get_mut(&pi_id) {
-                            pi.customer = Some(c.clone());
+                        if let Some(payment_intent) = self.payment_intents.get_mut(&payment_intent_id) {
+                            payment_intent.customer = Some(c.clone());
                         }
-                        self.attach(&pm, &c, &origin);
+                        self.attach(&payment_method, &c, &origin);
                     }
-                } else if let Some(c) = self.sessions.get(session_id).and_then(|s| s.customer.clone())
-                    && let Some(pi) = self.payment_intents.get_mut(&pi_id)
+                } else if let Some(c) = self
+                    .sessions
+                    .get(session_id)
+                    .and_then(|session| session.customer.clone())
+                    && let Some(payment_intent) = self.payment_intents.get_mut(&payment_intent_id)
                 {
-                    pi.customer = Some(c);
+                    payment_intent.customer = Some(c);
                 }
-                self.succeed_payment(&pi_id, &pm, authenticated, &origin);
-                if let Some(s) = self.sessions.get_mut(session_id) {
-                    s.paid = true;
+                self.succeed_payment(&payment_intent_id, &payment_method, authenticated, &origin);
+                if let Some(session) = self.sessions.get_mut(session_id) {
+                    session.paid = true;
                 }
             }
         }
-        let Some(s) = self.sessions.get_mut(session_id) else {
+        let Some(session) = self.sessions.get_mut(session_id) else {
             return Err(ApiError::no_such("checkout.session", session_id, None));
         };
-        s.status = SessionStatus::Complete;
-        let redirect = match &s.success_url {
+        session.status = SessionStatus::Complete;
+        let redirect = match &session.success_url {
             Some(u) => u.replace("{CHECKOUT_SESSION_ID}", session_id),
             None => format!("{}/checkout/{session_id}", self.public_base),
         };
         let v = self
             .sessions
             .get(session_id)
-            .map(|s| self.session_json(s))
+            .map(|session| self.session_json(session))
             .unwrap_or(Value::Null);
         self.emit("checkout.session.completed", v, None, &origin);
         Ok(PageOutcome::Redirect(redirect))
     }
 }
 /// Parses one `line_items[i]`: `price_data` style or the older `amount`/`name` style.
-fn line_item(p: &mut Params, i: &str, currency: &mut Option<String>) -> Result<LineItem, ApiError> {
+fn line_item(params: &mut Params, i: &str, currency: &mut Option<String>) -> Result<LineItem, ApiError> {
     let base = ["line_items", i];
     let at =
         |rest: &[&'static str]| -> Vec<&str> { base.iter().copied().chain(rest.iter().copied()).collect() };
-    let quantity = p.int(&at(&["quantity"]))?.unwrap_or(1);
+    let quantity = params.int(&at(&["quantity"]))?.unwrap_or(1);
     if !(1..=999_999).contains(&quantity) {
         return Err(ApiError::invalid_param(
             &display_path(&at(&["quantity"])),
             "Quantity must be between 1 and 999999.",
         ));
     }
-    if let Some(price) = p.str(&at(&["price"]))? {
+    if let Some(price) = params.str(&at(&["price"]))? {
         return Err(ApiError::no_such(
             "price",
             &price,
             Some(&display_path(&at(&["price"]))),
         ));
     }
-    let (item_currency, unit_amount, name) = if p.has(&at(&["price_data"])) {
-        let cur = currency_param(p, &at(&["price_data", "currency"]))?
+    let (item_currency, unit_amount, name) = if params.has(&at(&["price_data"])) {
+        let cur = currency_param(params, &at(&["price_data", "currency"]))?
             .ok_or_else(|| ApiError::missing_param(&display_path(&at(&["price_data", "currency"]))))?;
-        let unit = p
+        let unit = params
             .int(&at(&["price_data", "unit_amount"]))?
             .ok_or_else(|| ApiError::missing_param(&display_path(&at(&["price_data", "unit_amount"]))))?;
-        let name = p.str(&at(&["price_data", "product_data", "name"]))?;
-        let _desc = p.str(&at(&["price_data", "product_data", "description"]))?;
-        let _md = p.metadata(&at(&["price_data", "product_data", "metadata"]))?;
-        let _tax = p.str(&at(&["price_data", "tax_behavior"]))?;
+        let name = params.str(&at(&["price_data", "product_data", "name"]))?;
+        let _desc = params.str(&at(&["price_data", "product_data", "description"]))?;
+        let _md = params.metadata(&at(&["price_data", "product_data", "metadata"]))?;
+        let _tax = params.str(&at(&["price_data", "tax_behavior"]))?;
         let name = name.ok_or_else(|| {
             ApiError::missing_param(&display_path(&at(&["price_data", "product_data", "name"])))
         })?;
         (cur, unit, name)
     } else {
-        let cur = currency_param(p, &at(&["currency"]))?;
-        let unit = p.int(&at(&["amount"]))?;
-        let name = p.str(&at(&["name"]))?;
+        let cur = currency_param(params, &at(&["currency"]))?;
+        let unit = params.int(&at(&["amount"]))?;
+        let name = params.str(&at(&["name"]))?;
         match (cur, unit) {
             (Some(c), Some(u)) => (c, u, name.unwrap_or_else(|| "Item".into())),
             _ => return Err(ApiError::missing_param(&display_path(&at(&["price_data"])))),

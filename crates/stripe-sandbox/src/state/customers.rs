@@ -3,22 +3,23 @@
 use super::*;
 
 impl State {
-    pub(crate) fn create_customer(&mut self, mut p: Params, origin: &Origin) -> Result<Value, ApiError> {
-        let email = non_empty(p.str(&["email"])?).flatten();
-        let name = non_empty(p.str(&["name"])?).flatten();
-        let description = non_empty(p.str(&["description"])?).flatten();
-        let phone = non_empty(p.str(&["phone"])?).flatten();
-        let metadata = metadata_param(&mut p, &["metadata"])?;
-        let default_pm = non_empty(p.str(&["invoice_settings", "default_payment_method"])?).flatten();
-        let expand = p.str_list(&["expand"])?;
-        p.finish()?;
+    pub(crate) fn create_customer(&mut self, mut params: Params, origin: &Origin) -> Result<Value, ApiError> {
+        let email = non_empty(params.str(&["email"])?).flatten();
+        let name = non_empty(params.str(&["name"])?).flatten();
+        let description = non_empty(params.str(&["description"])?).flatten();
+        let phone = non_empty(params.str(&["phone"])?).flatten();
+        let metadata = metadata_param(&mut params, &["metadata"])?;
+        let default_payment_method =
+            non_empty(params.str(&["invoice_settings", "default_payment_method"])?).flatten();
+        let expand = params.str_list(&["expand"])?;
+        params.finish()?;
         check_capacity(&self.customers)?;
-        if let Some(pm) = &default_pm {
+        if let Some(payment_method) = &default_payment_method {
             // A brand-new customer has no cards yet, so any default is necessarily foreign.
             return Err(ApiError::invalid_param(
                 "invoice_settings[default_payment_method]",
                 format!(
-                    "The customer does not have a payment method with the ID {pm}. The payment method must be attached to the customer."
+                    "The customer does not have a payment method with the ID {payment_method}. The payment method must be attached to the customer."
                 ),
             ));
         }
@@ -40,9 +41,9 @@ impl State {
         self.respond(v, &expand)
     }
 
-    pub(crate) fn retrieve_customer(&self, id: &str, mut p: Params) -> Result<Value, ApiError> {
-        let expand = p.str_list(&["expand"])?;
-        p.finish()?;
+    pub(crate) fn retrieve_customer(&self, id: &str, mut params: Params) -> Result<Value, ApiError> {
+        let expand = params.str_list(&["expand"])?;
+        params.finish()?;
         let c = self
             .customers
             .get(id)
@@ -53,30 +54,30 @@ impl State {
     pub(crate) fn update_customer(
         &mut self,
         id: &str,
-        mut p: Params,
+        mut params: Params,
         origin: &Origin,
     ) -> Result<Value, ApiError> {
-        let email = non_empty(p.str(&["email"])?);
-        let name = non_empty(p.str(&["name"])?);
-        let description = non_empty(p.str(&["description"])?);
-        let phone = non_empty(p.str(&["phone"])?);
-        let metadata = p.metadata(&["metadata"])?;
-        let default_pm = non_empty(p.str(&["invoice_settings", "default_payment_method"])?);
-        let expand = p.str_list(&["expand"])?;
-        p.finish()?;
+        let email = non_empty(params.str(&["email"])?);
+        let name = non_empty(params.str(&["name"])?);
+        let description = non_empty(params.str(&["description"])?);
+        let phone = non_empty(params.str(&["phone"])?);
+        let metadata = params.metadata(&["metadata"])?;
+        let default_payment_method = non_empty(params.str(&["invoice_settings", "default_payment_method"])?);
+        let expand = params.str_list(&["expand"])?;
+        params.finish()?;
         let Some(existing) = self.customers.get(id) else {
             return Err(ApiError::no_such("customer", id, None));
         };
-        if let Some(Some(pm)) = &default_pm {
+        if let Some(Some(payment_method)) = &default_payment_method {
             let attached = self
                 .payment_methods
-                .get(pm)
+                .get(payment_method)
                 .is_some_and(|m| m.customer.as_deref() == Some(id));
             if !attached {
                 return Err(ApiError::invalid_param(
                     "invoice_settings[default_payment_method]",
                     format!(
-                        "The customer does not have a payment method with the ID {pm}. The payment method must be attached to the customer."
+                        "The customer does not have a payment method with the ID {payment_method}. The payment method must be attached to the customer."
                     ),
                 ));
             }
@@ -97,7 +98,7 @@ impl State {
         if let Some(m) = metadata {
             m.apply(&mut updated.metadata, "metadata")?;
         }
-        if let Some(v) = default_pm {
+        if let Some(v) = default_payment_method {
             updated.default_payment_method = v;
         }
         let before = existing.to_json();
@@ -111,32 +112,32 @@ impl State {
 
     // ----- payment methods ----------------------------------------------------------------
 
-    pub(crate) fn retrieve_payment_method(&self, id: &str, mut p: Params) -> Result<Value, ApiError> {
-        let expand = p.str_list(&["expand"])?;
-        p.finish()?;
-        let pm = self
+    pub(crate) fn retrieve_payment_method(&self, id: &str, mut params: Params) -> Result<Value, ApiError> {
+        let expand = params.str_list(&["expand"])?;
+        params.finish()?;
+        let payment_method = self
             .payment_methods
             .get(id)
             .ok_or_else(|| ApiError::no_such("payment_method", id, None))?;
-        self.respond(pm.to_json(), &expand)
+        self.respond(payment_method.to_json(), &expand)
     }
 
     /// `GET /v1/payment_methods` and `GET /v1/customers/{id}/payment_methods`.
     pub(crate) fn list_payment_methods(
         &self,
         path_customer: Option<&str>,
-        mut p: Params,
+        mut params: Params,
     ) -> Result<Value, ApiError> {
         let customer = match path_customer {
             Some(c) => Some(c.to_string()),
-            None => p.str(&["customer"])?,
+            None => params.str(&["customer"])?,
         };
-        let type_ = p.str(&["type"])?;
-        let limit = crate::wire::list_limit(&mut p)?;
-        let starting_after = p.str(&["starting_after"])?;
-        let ending_before = p.str(&["ending_before"])?;
-        let expand = p.str_list(&["expand"])?;
-        p.finish()?;
+        let type_ = params.str(&["type"])?;
+        let limit = crate::wire::list_limit(&mut params)?;
+        let starting_after = params.str(&["starting_after"])?;
+        let ending_before = params.str(&["ending_before"])?;
+        let expand = params.str_list(&["expand"])?;
+        params.finish()?;
         if let Some(c) = &customer
             && !self.customers.contains_key(c)
         {
@@ -171,24 +172,24 @@ impl State {
     pub(crate) fn attach_payment_method(
         &mut self,
         id: &str,
-        mut p: Params,
+        mut params: Params,
         origin: &Origin,
     ) -> Result<Value, ApiError> {
-        let customer = p.req_str(&["customer"])?;
-        let expand = p.str_list(&["expand"])?;
-        p.finish()?;
+        let customer = params.req_str(&["customer"])?;
+        let expand = params.str_list(&["expand"])?;
+        params.finish()?;
         if !self.customers.contains_key(&customer) {
             return Err(ApiError::no_such("customer", &customer, Some("customer")));
         }
         let id = &self
             .resolve_payment_method(id)?
             .ok_or_else(|| ApiError::no_such("payment_method", id, None))?;
-        let pm = self
+        let payment_method = self
             .payment_methods
             .get(id)
             .ok_or_else(|| ApiError::no_such("payment_method", id, None))?;
-        match pm.customer.as_deref() {
-            Some(c) if c == customer => return self.respond(pm.to_json(), &expand),
+        match payment_method.customer.as_deref() {
+            Some(c) if c == customer => return self.respond(payment_method.to_json(), &expand),
             Some(_) => {
                 return Err(ApiError::invalid_param(
                     "payment_method",
@@ -198,7 +199,7 @@ impl State {
             None => {}
         }
         // Stripe validates the card when attaching it; declining test cards fail here.
-        let decline = match pm.card.behavior {
+        let decline = match payment_method.card.behavior {
             Behavior::Declined => Some(Decline::GENERIC),
             Behavior::InsufficientFunds => Some(Decline::INSUFFICIENT_FUNDS),
             _ => None,
@@ -213,12 +214,12 @@ impl State {
     }
 
     /// Attaches a card to a customer and emits `payment_method.attached`.
-    pub(super) fn attach(&mut self, pm_id: &str, customer: &str, origin: &Origin) -> Value {
-        let Some(pm) = self.payment_methods.get_mut(pm_id) else {
+    pub(super) fn attach(&mut self, payment_method_id: &str, customer: &str, origin: &Origin) -> Value {
+        let Some(payment_method) = self.payment_methods.get_mut(payment_method_id) else {
             return Value::Null;
         };
-        pm.customer = Some(customer.to_string());
-        let v = pm.to_json();
+        payment_method.customer = Some(customer.to_string());
+        let v = payment_method.to_json();
         self.emit("payment_method.attached", v.clone(), None, origin);
         v
     }
@@ -226,21 +227,21 @@ impl State {
     pub(crate) fn detach_payment_method(
         &mut self,
         id: &str,
-        mut p: Params,
+        mut params: Params,
         origin: &Origin,
     ) -> Result<Value, ApiError> {
-        let expand = p.str_list(&["expand"])?;
-        p.finish()?;
-        let pm = self
+        let expand = params.str_list(&["expand"])?;
+        params.finish()?;
+        let payment_method = self
             .payment_methods
             .get_mut(id)
             .ok_or_else(|| ApiError::no_such("payment_method", id, None))?;
-        let Some(customer) = pm.customer.take() else {
+        let Some(customer) = payment_method.customer.take() else {
             return Err(ApiError::invalid(
                 "The payment method you provided is not attached to a customer so detachment is impossible.",
             ));
         };
-        let v = pm.to_json();
+        let v = payment_method.to_json();
         // Stripe forgets a detached card as the customer's default too.
         if let Some(c) = self.customers.get_mut(&customer)
             && c.default_payment_method.as_deref() == Some(id)
@@ -280,7 +281,7 @@ impl State {
     ) -> Result<String, ApiError> {
         check_capacity(&self.payment_methods)?;
         let seq = self.next_seq();
-        let pm = PaymentMethod {
+        let payment_method = PaymentMethod {
             id: new_id("pm", 24),
             created: now(),
             seq,
@@ -289,21 +290,21 @@ impl State {
             billing_name,
             metadata: Metadata::new(),
         };
-        let id = pm.id.clone();
-        self.payment_methods.insert(id.clone(), pm);
+        let id = payment_method.id.clone();
+        self.payment_methods.insert(id.clone(), payment_method);
         Ok(id)
     }
 
     // ----- setup intents ------------------------------------------------------------------
 
-    pub(crate) fn retrieve_setup_intent(&self, id: &str, mut p: Params) -> Result<Value, ApiError> {
-        let expand = p.str_list(&["expand"])?;
-        let _client_secret = p.str(&["client_secret"])?;
-        p.finish()?;
-        let si = self
+    pub(crate) fn retrieve_setup_intent(&self, id: &str, mut params: Params) -> Result<Value, ApiError> {
+        let expand = params.str_list(&["expand"])?;
+        let _client_secret = params.str(&["client_secret"])?;
+        params.finish()?;
+        let setup_intent = self
             .setup_intents
             .get(id)
             .ok_or_else(|| ApiError::no_such("setup_intent", id, None))?;
-        self.respond(si.to_json(), &expand)
+        self.respond(setup_intent.to_json(), &expand)
     }
 }

@@ -5,29 +5,29 @@ use super::*;
 impl State {
     pub(crate) fn create_payment_intent(
         &mut self,
-        mut p: Params,
+        mut params: Params,
         origin: &Origin,
     ) -> Result<Value, ApiError> {
-        let amount = p
+        let amount = params
             .int(&["amount"])?
             .ok_or_else(|| ApiError::missing_param("amount"))?;
         let currency =
-            currency_param(&mut p, &["currency"])?.ok_or_else(|| ApiError::missing_param("currency"))?;
-        let customer = non_empty(p.str(&["customer"])?).flatten();
-        let payment_method = non_empty(p.str(&["payment_method"])?).flatten();
-        let confirm = p.bool(&["confirm"])?.unwrap_or(false);
-        let off_session = off_session_param(&mut p)?;
-        let metadata = metadata_param(&mut p, &["metadata"])?;
-        let description = non_empty(p.str(&["description"])?).flatten();
-        let types = p.str_list(&["payment_method_types"])?;
-        let sfu = non_empty(p.str(&["setup_future_usage"])?).flatten();
-        let return_url = non_empty(p.str(&["return_url"])?).flatten();
-        let capture_method = p.str(&["capture_method"])?;
-        let _error_on_requires_action = p.bool(&["error_on_requires_action"])?;
-        let _receipt_email = p.str(&["receipt_email"])?;
-        let _statement_descriptor_suffix = p.str(&["statement_descriptor_suffix"])?;
-        let expand = p.str_list(&["expand"])?;
-        p.finish()?;
+            currency_param(&mut params, &["currency"])?.ok_or_else(|| ApiError::missing_param("currency"))?;
+        let customer = non_empty(params.str(&["customer"])?).flatten();
+        let payment_method = non_empty(params.str(&["payment_method"])?).flatten();
+        let confirm = params.bool(&["confirm"])?.unwrap_or(false);
+        let off_session = off_session_param(&mut params)?;
+        let metadata = metadata_param(&mut params, &["metadata"])?;
+        let description = non_empty(params.str(&["description"])?).flatten();
+        let types = params.str_list(&["payment_method_types"])?;
+        let setup_future_usage = non_empty(params.str(&["setup_future_usage"])?).flatten();
+        let return_url = non_empty(params.str(&["return_url"])?).flatten();
+        let capture_method = params.str(&["capture_method"])?;
+        let _error_on_requires_action = params.bool(&["error_on_requires_action"])?;
+        let _receipt_email = params.str(&["receipt_email"])?;
+        let _statement_descriptor_suffix = params.str(&["statement_descriptor_suffix"])?;
+        let expand = params.str_list(&["expand"])?;
+        params.finish()?;
 
         check_amount(amount, &currency, "amount")?;
         if let Some(t) = types.iter().find(|t| t.as_str() != "card") {
@@ -45,7 +45,7 @@ impl State {
                 "The sandbox supports only automatic capture.",
             ));
         }
-        if let Some(s) = &sfu
+        if let Some(s) = &setup_future_usage
             && !matches!(s.as_str(), "off_session" | "on_session")
         {
             return Err(ApiError::invalid_param(
@@ -72,50 +72,52 @@ impl State {
             return Err(ApiError::no_such("customer", c, Some("customer")));
         }
         let payment_method = match payment_method {
-            Some(pm) => Some(
-                self.resolve_payment_method(&pm)?
-                    .ok_or_else(|| ApiError::no_such("payment_method", &pm, Some("payment_method")))?,
+            Some(requested) => Some(
+                self.resolve_payment_method(&requested)?
+                    .ok_or_else(|| ApiError::no_such("payment_method", &requested, Some("payment_method")))?,
             ),
             None => None,
         };
-        if let Some(pm) = &payment_method {
-            self.check_payment_method_for(pm, customer.as_deref())?;
+        if let Some(payment_method) = &payment_method {
+            self.check_payment_method_for(payment_method, customer.as_deref())?;
         }
         check_capacity(&self.payment_intents)?;
         check_capacity(&self.charges)?;
-        let mut pi = PaymentIntent::new(new_id("pi", 24), now(), amount, currency);
-        pi.customer = customer;
-        pi.payment_method = payment_method;
-        pi.metadata = metadata;
-        pi.description = description;
-        pi.setup_future_usage = sfu;
-        pi.return_url = return_url;
-        if pi.payment_method.is_some() {
-            pi.status = IntentStatus::RequiresConfirmation;
+        let mut payment_intent = PaymentIntent::new(new_id("pi", 24), now(), amount, currency);
+        payment_intent.customer = customer;
+        payment_intent.payment_method = payment_method;
+        payment_intent.metadata = metadata;
+        payment_intent.description = description;
+        payment_intent.setup_future_usage = setup_future_usage;
+        payment_intent.return_url = return_url;
+        if payment_intent.payment_method.is_some() {
+            payment_intent.status = IntentStatus::RequiresConfirmation;
         }
-        let id = pi.id.clone();
-        let v = pi.to_json();
-        self.payment_intents.insert(id.clone(), pi);
+        let id = payment_intent.id.clone();
+        let v = payment_intent.to_json();
+        self.payment_intents.insert(id.clone(), payment_intent);
         self.emit("payment_intent.created", v, None, origin);
         if confirm {
             self.confirm(&id, off_session.unwrap_or(false), origin)?;
         }
-        let pi = self
+        let payment_intent = self
             .payment_intents
             .get(&id)
             .ok_or_else(|| ApiError::api("payment intent vanished"))?;
-        self.respond(pi.to_json(), &expand)
+        self.respond(payment_intent.to_json(), &expand)
     }
 
-    fn check_payment_method_for(&self, pm: &str, customer: Option<&str>) -> Result<(), ApiError> {
+    fn check_payment_method_for(&self, payment_method: &str, customer: Option<&str>) -> Result<(), ApiError> {
         let m = self
             .payment_methods
-            .get(pm)
-            .ok_or_else(|| ApiError::no_such("payment_method", pm, Some("payment_method")))?;
+            .get(payment_method)
+            .ok_or_else(|| ApiError::no_such("payment_method", payment_method, Some("payment_method")))?;
         match (m.customer.as_deref(), customer) {
             (Some(owner), Some(c)) if owner != c => Err(ApiError::invalid_param(
                 "payment_method",
-                format!("The provided PaymentMethod {pm} belongs to a different Customer than {c}."),
+                format!(
+                    "The provided PaymentMethod {payment_method} belongs to a different Customer than {c}."
+                ),
             )),
             (Some(_), None) => Err(ApiError::invalid_param(
                 "payment_method",
@@ -125,29 +127,29 @@ impl State {
         }
     }
 
-    pub(crate) fn retrieve_payment_intent(&self, id: &str, mut p: Params) -> Result<Value, ApiError> {
-        let expand = p.str_list(&["expand"])?;
-        let _client_secret = p.str(&["client_secret"])?;
-        p.finish()?;
-        let pi = self
+    pub(crate) fn retrieve_payment_intent(&self, id: &str, mut params: Params) -> Result<Value, ApiError> {
+        let expand = params.str_list(&["expand"])?;
+        let _client_secret = params.str(&["client_secret"])?;
+        params.finish()?;
+        let payment_intent = self
             .payment_intents
             .get(id)
             .ok_or_else(|| ApiError::no_such("payment_intent", id, None))?;
-        self.respond(pi.to_json(), &expand)
+        self.respond(payment_intent.to_json(), &expand)
     }
 
     pub(crate) fn confirm_payment_intent(
         &mut self,
         id: &str,
-        mut p: Params,
+        mut params: Params,
         origin: &Origin,
     ) -> Result<Value, ApiError> {
-        let payment_method = non_empty(p.str(&["payment_method"])?).flatten();
-        let off_session = off_session_param(&mut p)?;
-        let return_url = non_empty(p.str(&["return_url"])?).flatten();
-        let _error_on_requires_action = p.bool(&["error_on_requires_action"])?;
-        let expand = p.str_list(&["expand"])?;
-        p.finish()?;
+        let payment_method = non_empty(params.str(&["payment_method"])?).flatten();
+        let off_session = off_session_param(&mut params)?;
+        let return_url = non_empty(params.str(&["return_url"])?).flatten();
+        let _error_on_requires_action = params.bool(&["error_on_requires_action"])?;
+        let expand = params.str_list(&["expand"])?;
+        params.finish()?;
         let customer = self
             .payment_intents
             .get(id)
@@ -155,59 +157,67 @@ impl State {
             .customer
             .clone();
         let payment_method = match payment_method {
-            Some(pm) => Some(
-                self.resolve_payment_method(&pm)?
-                    .ok_or_else(|| ApiError::no_such("payment_method", &pm, Some("payment_method")))?,
+            Some(requested) => Some(
+                self.resolve_payment_method(&requested)?
+                    .ok_or_else(|| ApiError::no_such("payment_method", &requested, Some("payment_method")))?,
             ),
             None => None,
         };
-        if let Some(pm) = &payment_method {
-            self.check_payment_method_for(pm, customer.as_deref())?;
+        if let Some(payment_method) = &payment_method {
+            self.check_payment_method_for(payment_method, customer.as_deref())?;
         }
-        if let Some(pi) = self.payment_intents.get_mut(id) {
+        if let Some(payment_intent) = self.payment_intents.get_mut(id) {
             if payment_method.is_some() {
-                pi.payment_method = payment_method;
+                payment_intent.payment_method = payment_method;
             }
             if return_url.is_some() {
-                pi.return_url = return_url;
+                payment_intent.return_url = return_url;
             }
         }
         self.confirm(id, off_session.unwrap_or(false), origin)?;
-        let pi = self
+        let payment_intent = self
             .payment_intents
             .get(id)
             .ok_or_else(|| ApiError::no_such("payment_intent", id, None))?;
-        self.respond(pi.to_json(), &expand)
+        self.respond(payment_intent.to_json(), &expand)
     }
 
     pub(crate) fn cancel_payment_intent(
         &mut self,
         id: &str,
-        mut p: Params,
+        mut params: Params,
         origin: &Origin,
     ) -> Result<Value, ApiError> {
-        let reason = p.str(&["cancellation_reason"])?;
-        let expand = p.str_list(&["expand"])?;
-        p.finish()?;
-        let pi = self
+        let reason = params.str(&["cancellation_reason"])?;
+        let expand = params.str_list(&["expand"])?;
+        params.finish()?;
+        let payment_intent = self
             .payment_intents
             .get_mut(id)
             .ok_or_else(|| ApiError::no_such("payment_intent", id, None))?;
-        if matches!(pi.status, IntentStatus::Succeeded | IntentStatus::Canceled) {
-            return Err(unexpected_state(pi, "cancel"));
+        if matches!(
+            payment_intent.status,
+            IntentStatus::Succeeded | IntentStatus::Canceled
+        ) {
+            return Err(unexpected_state(payment_intent, "cancel"));
         }
-        pi.status = IntentStatus::Canceled;
-        pi.canceled_at = Some(now());
-        pi.cancellation_reason = reason.or_else(|| Some("requested_by_customer".into()));
-        pi.next_action = None;
-        let v = pi.to_json();
+        payment_intent.status = IntentStatus::Canceled;
+        payment_intent.canceled_at = Some(now());
+        payment_intent.cancellation_reason = reason.or_else(|| Some("requested_by_customer".into()));
+        payment_intent.next_action = None;
+        let v = payment_intent.to_json();
         self.emit("payment_intent.canceled", v.clone(), None, origin);
         self.respond(v, &expand)
     }
 
     /// Which decline (if any) a charge on this card meets.
-    pub(super) fn charge_decline(&self, pm: &str, off_session: bool, authenticated: bool) -> Option<Decline> {
-        let card = &self.payment_methods.get(pm)?.card;
+    pub(super) fn charge_decline(
+        &self,
+        payment_method: &str,
+        off_session: bool,
+        authenticated: bool,
+    ) -> Option<Decline> {
+        let card = &self.payment_methods.get(payment_method)?.card;
         match card.behavior {
             Behavior::Succeeds => None,
             Behavior::Declined | Behavior::AttachThenDecline => Some(Decline::GENERIC),
@@ -222,69 +232,69 @@ impl State {
 
     /// Confirms a payment intent; a decline is returned as Stripe's 402 card error.
     fn confirm(&mut self, id: &str, off_session: bool, origin: &Origin) -> Result<(), ApiError> {
-        let pi = self
+        let payment_intent = self
             .payment_intents
             .get(id)
             .ok_or_else(|| ApiError::no_such("payment_intent", id, None))?;
         if !matches!(
-            pi.status,
+            payment_intent.status,
             IntentStatus::RequiresPaymentMethod
                 | IntentStatus::RequiresConfirmation
                 | IntentStatus::RequiresAction
         ) {
-            return Err(unexpected_state(pi, "confirm"));
+            return Err(unexpected_state(payment_intent, "confirm"));
         }
-        let Some(pm) = pi.payment_method.clone() else {
+        let Some(payment_method) = payment_intent.payment_method.clone() else {
             return Err(ApiError::invalid(
                 "You cannot confirm this PaymentIntent because it's missing a payment method. To confirm the PaymentIntent with a payment method, pass `payment_method`.",
             )
             .with("code", "payment_intent_unexpected_state")
-            .with("payment_intent", pi.to_json()));
+            .with("payment_intent", payment_intent.to_json()));
         };
-        match self.charge_decline(&pm, off_session, false) {
+        match self.charge_decline(&payment_method, off_session, false) {
             None => {
-                self.succeed_payment(id, &pm, false, origin);
+                self.succeed_payment(id, &payment_method, false, origin);
                 Ok(())
             }
             Some(d) if d == Decline::AUTHENTICATION_REQUIRED && !off_session => {
                 let url = format!("{}/authenticate/{id}", self.public_base);
-                if let Some(pi) = self.payment_intents.get_mut(id) {
-                    pi.status = IntentStatus::RequiresAction;
-                    pi.next_action = Some(json!({
+                if let Some(payment_intent) = self.payment_intents.get_mut(id) {
+                    payment_intent.status = IntentStatus::RequiresAction;
+                    payment_intent.next_action = Some(json!({
                         "type": "redirect_to_url",
-                        "redirect_to_url": { "return_url": pi.return_url, "url": url },
+                        "redirect_to_url": { "return_url": payment_intent.return_url, "url": url },
                     }));
-                    let v = pi.to_json();
+                    let v = payment_intent.to_json();
                     self.emit("payment_intent.requires_action", v, None, origin);
                 }
                 Ok(())
             }
-            Some(d) => Err(self.fail_payment(id, &pm, d, origin)),
+            Some(d) => Err(self.fail_payment(id, &payment_method, d, origin)),
         }
     }
 
     fn new_charge(
         &mut self,
-        pi_id: &str,
-        pm_id: &str,
+        payment_intent_id: &str,
+        payment_method_id: &str,
         failure: Option<Decline>,
         three_d_secure: bool,
     ) -> Option<String> {
-        let pi = self.payment_intents.get(pi_id)?;
-        let pm = self.payment_methods.get(pm_id)?;
+        let payment_intent = self.payment_intents.get(payment_intent_id)?;
+        let payment_method = self.payment_methods.get(payment_method_id)?;
         let ch = Charge {
             id: new_id("ch", 24),
             created: now(),
-            amount: pi.amount,
+            amount: payment_intent.amount,
             amount_refunded: 0,
-            currency: pi.currency.clone(),
-            customer: pi.customer.clone(),
-            description: pi.description.clone(),
-            metadata: pi.metadata.clone(),
-            payment_intent: pi.id.clone(),
-            payment_method: pm.id.clone(),
-            card: pm.card.clone(),
-            billing_name: pm.billing_name.clone(),
+            currency: payment_intent.currency.clone(),
+            customer: payment_intent.customer.clone(),
+            description: payment_intent.description.clone(),
+            metadata: payment_intent.metadata.clone(),
+            payment_intent: payment_intent.id.clone(),
+            payment_method: payment_method.id.clone(),
+            card: payment_method.card.clone(),
+            billing_name: payment_method.billing_name.clone(),
             three_d_secure,
             failure,
             disputed: false,
@@ -296,40 +306,40 @@ impl State {
 
     pub(super) fn succeed_payment(
         &mut self,
-        pi_id: &str,
-        pm_id: &str,
+        payment_intent_id: &str,
+        payment_method_id: &str,
         three_d_secure: bool,
         origin: &Origin,
     ) {
-        let Some(ch) = self.new_charge(pi_id, pm_id, None, three_d_secure) else {
+        let Some(ch) = self.new_charge(payment_intent_id, payment_method_id, None, three_d_secure) else {
             return;
         };
-        let Some(pi) = self.payment_intents.get_mut(pi_id) else {
+        let Some(payment_intent) = self.payment_intents.get_mut(payment_intent_id) else {
             return;
         };
-        pi.status = IntentStatus::Succeeded;
-        pi.amount_received = pi.amount;
-        pi.latest_charge = Some(ch.clone());
-        pi.last_payment_error = None;
-        pi.next_action = None;
-        let attach_to = match (&pi.setup_future_usage, &pi.customer) {
+        payment_intent.status = IntentStatus::Succeeded;
+        payment_intent.amount_received = payment_intent.amount;
+        payment_intent.latest_charge = Some(ch.clone());
+        payment_intent.last_payment_error = None;
+        payment_intent.next_action = None;
+        let attach_to = match (&payment_intent.setup_future_usage, &payment_intent.customer) {
             (Some(_), Some(c)) => Some(c.clone()),
             _ => None,
         };
-        let pi_json = pi.to_json();
+        let pi_json = payment_intent.to_json();
         if let Some(c) = attach_to {
             let unattached = self
                 .payment_methods
-                .get(pm_id)
+                .get(payment_method_id)
                 .is_some_and(|m| m.customer.is_none());
             if unattached {
-                if let Some(m) = self.payment_methods.get_mut(pm_id)
+                if let Some(m) = self.payment_methods.get_mut(payment_method_id)
                     && three_d_secure
                     && m.card.behavior == Behavior::AuthOnSetup
                 {
                     m.card.authenticated_for_off_session = true;
                 }
-                self.attach(pm_id, &c, origin);
+                self.attach(payment_method_id, &c, origin);
             }
         }
         if let Some(ch) = self.charges.get(&ch) {
@@ -340,11 +350,17 @@ impl State {
     }
 
     /// Records a declined payment and builds the 402 error Stripe returns for it.
-    pub(super) fn fail_payment(&mut self, pi_id: &str, pm_id: &str, d: Decline, origin: &Origin) -> ApiError {
-        let ch = self.new_charge(pi_id, pm_id, Some(d), false);
+    pub(super) fn fail_payment(
+        &mut self,
+        payment_intent_id: &str,
+        payment_method_id: &str,
+        d: Decline,
+        origin: &Origin,
+    ) -> ApiError {
+        let ch = self.new_charge(payment_intent_id, payment_method_id, Some(d), false);
         let pm_json = self
             .payment_methods
-            .get(pm_id)
+            .get(payment_method_id)
             .map(PaymentMethod::to_json)
             .unwrap_or(Value::Null);
         let last_error = json!({
@@ -356,14 +372,14 @@ impl State {
             "doc_url": format!("https://stripe.com/docs/error-codes/{}", d.code.replace('_', "-")),
             "payment_method": pm_json,
         });
-        let Some(pi) = self.payment_intents.get_mut(pi_id) else {
+        let Some(payment_intent) = self.payment_intents.get_mut(payment_intent_id) else {
             return ApiError::api("payment intent vanished");
         };
-        pi.status = IntentStatus::RequiresPaymentMethod;
-        pi.latest_charge = ch.clone();
-        pi.last_payment_error = Some(last_error);
-        pi.next_action = None;
-        let pi_json = pi.to_json();
+        payment_intent.status = IntentStatus::RequiresPaymentMethod;
+        payment_intent.latest_charge = ch.clone();
+        payment_intent.last_payment_error = Some(last_error);
+        payment_intent.next_action = None;
+        let pi_json = payment_intent.to_json();
         if let Some(ch) = ch.as_ref().and_then(|c| self.charges.get(c)) {
             let v = ch.to_json();
             self.emit("charge.failed", v, None, origin);
@@ -391,35 +407,35 @@ impl State {
     /// The on-session 3-D Secure challenge of a payment intent was answered.
     pub(crate) fn answer_payment_challenge(&mut self, id: &str, success: bool) -> Result<String, ApiError> {
         let origin = Origin::default();
-        let pi = self
+        let payment_intent = self
             .payment_intents
             .get(id)
             .ok_or_else(|| ApiError::no_such("payment_intent", id, None))?;
-        if pi.status != IntentStatus::RequiresAction {
-            return Err(unexpected_state(pi, "authenticate"));
+        if payment_intent.status != IntentStatus::RequiresAction {
+            return Err(unexpected_state(payment_intent, "authenticate"));
         }
-        let pm = pi.payment_method.clone().unwrap_or_default();
+        let payment_method = payment_intent.payment_method.clone().unwrap_or_default();
         let status = if success {
-            match self.charge_decline(&pm, false, true) {
+            match self.charge_decline(&payment_method, false, true) {
                 None => {
-                    self.succeed_payment(id, &pm, true, &origin);
+                    self.succeed_payment(id, &payment_method, true, &origin);
                     "succeeded"
                 }
                 Some(d) => {
-                    let _ = self.fail_payment(id, &pm, d, &origin);
+                    let _ = self.fail_payment(id, &payment_method, d, &origin);
                     "failed"
                 }
             }
         } else {
-            if let Some(pi) = self.payment_intents.get_mut(id) {
-                pi.status = IntentStatus::RequiresPaymentMethod;
-                pi.next_action = None;
-                pi.last_payment_error = Some(json!({
+            if let Some(payment_intent) = self.payment_intents.get_mut(id) {
+                payment_intent.status = IntentStatus::RequiresPaymentMethod;
+                payment_intent.next_action = None;
+                payment_intent.last_payment_error = Some(json!({
                     "type": "invalid_request_error",
                     "code": "payment_intent_authentication_failure",
                     "message": AUTH_FAILED_MESSAGE,
                 }));
-                let v = pi.to_json();
+                let v = payment_intent.to_json();
                 self.emit("payment_intent.payment_failed", v, None, &origin);
             }
             "failed"
@@ -429,9 +445,9 @@ impl State {
 
     // ----- charges, refunds, disputes -------------------------------------------------------
 
-    pub(crate) fn retrieve_charge(&self, id: &str, mut p: Params) -> Result<Value, ApiError> {
-        let expand = p.str_list(&["expand"])?;
-        p.finish()?;
+    pub(crate) fn retrieve_charge(&self, id: &str, mut params: Params) -> Result<Value, ApiError> {
+        let expand = params.str_list(&["expand"])?;
+        params.finish()?;
         let ch = self
             .charges
             .get(id)
@@ -439,14 +455,14 @@ impl State {
         self.respond(ch.to_json(), &expand)
     }
 
-    pub(crate) fn create_refund(&mut self, mut p: Params, origin: &Origin) -> Result<Value, ApiError> {
-        let charge = non_empty(p.str(&["charge"])?).flatten();
-        let payment_intent = non_empty(p.str(&["payment_intent"])?).flatten();
-        let amount = p.int(&["amount"])?;
-        let reason = p.str(&["reason"])?;
-        let metadata = metadata_param(&mut p, &["metadata"])?;
-        let expand = p.str_list(&["expand"])?;
-        p.finish()?;
+    pub(crate) fn create_refund(&mut self, mut params: Params, origin: &Origin) -> Result<Value, ApiError> {
+        let charge = non_empty(params.str(&["charge"])?).flatten();
+        let payment_intent = non_empty(params.str(&["payment_intent"])?).flatten();
+        let amount = params.int(&["amount"])?;
+        let reason = params.str(&["reason"])?;
+        let metadata = metadata_param(&mut params, &["metadata"])?;
+        let expand = params.str_list(&["expand"])?;
+        params.finish()?;
         if let Some(r) = &reason
             && !matches!(r.as_str(), "duplicate" | "fraudulent" | "requested_by_customer")
         {
@@ -459,17 +475,18 @@ impl State {
                 }
                 c
             }
-            (None, Some(pi)) => {
-                let intent = self
-                    .payment_intents
-                    .get(&pi)
-                    .ok_or_else(|| ApiError::no_such("payment_intent", &pi, Some("payment_intent")))?;
+            (None, Some(payment_intent)) => {
+                let intent = self.payment_intents.get(&payment_intent).ok_or_else(|| {
+                    ApiError::no_such("payment_intent", &payment_intent, Some("payment_intent"))
+                })?;
                 match (&intent.latest_charge, intent.status) {
                     (Some(c), IntentStatus::Succeeded) => c.clone(),
                     _ => {
                         return Err(ApiError::invalid_param(
                             "payment_intent",
-                            format!("This PaymentIntent ({pi}) does not have a successful charge to refund."),
+                            format!(
+                                "This PaymentIntent ({payment_intent}) does not have a successful charge to refund."
+                            ),
                         ));
                     }
                 }
@@ -548,9 +565,9 @@ impl State {
         self.respond(v, &expand)
     }
 
-    pub(crate) fn retrieve_refund(&self, id: &str, mut p: Params) -> Result<Value, ApiError> {
-        let expand = p.str_list(&["expand"])?;
-        p.finish()?;
+    pub(crate) fn retrieve_refund(&self, id: &str, mut params: Params) -> Result<Value, ApiError> {
+        let expand = params.str_list(&["expand"])?;
+        params.finish()?;
         let r = self
             .refunds
             .get(id)
@@ -558,9 +575,9 @@ impl State {
         self.respond(r.to_json(), &expand)
     }
 
-    pub(crate) fn retrieve_dispute(&self, id: &str, mut p: Params) -> Result<Value, ApiError> {
-        let expand = p.str_list(&["expand"])?;
-        p.finish()?;
+    pub(crate) fn retrieve_dispute(&self, id: &str, mut params: Params) -> Result<Value, ApiError> {
+        let expand = params.str_list(&["expand"])?;
+        params.finish()?;
         let d = self
             .disputes
             .get(id)
@@ -615,6 +632,13 @@ impl State {
         let v = d.to_json();
         self.disputes.insert(d.id.clone(), d);
         self.emit("charge.dispute.created", v.clone(), None, &Origin::default());
+        // Stripe takes the disputed amount from the merchant as soon as the dispute opens.
+        self.emit(
+            "charge.dispute.funds_withdrawn",
+            v.clone(),
+            None,
+            &Origin::default(),
+        );
         Ok(v)
     }
 
@@ -635,6 +659,15 @@ impl State {
         let after = d.to_json();
         let prev = previous_attributes(&before, &after);
         self.emit("charge.dispute.closed", after.clone(), prev, &Origin::default());
+        // A won dispute gives the withdrawn money back; a lost one keeps it withdrawn.
+        if won {
+            self.emit(
+                "charge.dispute.funds_reinstated",
+                after.clone(),
+                None,
+                &Origin::default(),
+            );
+        }
         Ok(after)
     }
 }

@@ -191,7 +191,7 @@ impl Http {
         .await
     }
 
-    /// Saves a card through setup-mode Checkout (answering 3-D Secure if asked); returns the pm id.
+    /// Saves a card through setup-mode Checkout (answering 3-D Secure if asked); returns the PaymentMethod id.
     pub async fn save_card(&self, customer: &str, number: &str) -> String {
         let (id, url) = self.setup_session(customer).await;
         let r = self.pay(&url, number).await;
@@ -242,7 +242,7 @@ pub struct Receiver {
     state: ReceiverState,
 }
 
-async fn receive(State(st): State<ReceiverState>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn receive(State(state): State<ReceiverState>, headers: HeaderMap, body: Bytes) -> StatusCode {
     let body = String::from_utf8(body.to_vec()).unwrap();
     let signature = headers
         .get("stripe-signature")
@@ -250,12 +250,12 @@ async fn receive(State(st): State<ReceiverState>, headers: HeaderMap, body: Byte
         .unwrap_or("")
         .to_string();
     let event = serde_json::from_str(&body).unwrap_or(Value::Null);
-    st.received.lock().unwrap().push(Received {
+    state.received.lock().unwrap().push(Received {
         body,
         signature,
         event,
     });
-    let failing = st
+    let failing = state
         .fail_next
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok();

@@ -5,9 +5,11 @@ use std::collections::HashMap;
 
 use stripe::{ApiErrorsCode, ApiErrorsType, StripeError};
 use stripe_checkout::checkout_session::{
-    CreateCheckoutSession, CreateCheckoutSessionLineItems, CreateCheckoutSessionLineItemsPriceData,
-    CreateCheckoutSessionPaymentIntentData, CreateCheckoutSessionPaymentIntentDataSetupFutureUsage,
-    ExpireCheckoutSession, ProductData, RetrieveCheckoutSession,
+    CreateCheckoutSession, CreateCheckoutSessionAllowedPaymentMethodTypes,
+    CreateCheckoutSessionExcludedPaymentMethodTypes, CreateCheckoutSessionLineItems,
+    CreateCheckoutSessionLineItemsPriceData, CreateCheckoutSessionPaymentIntentData,
+    CreateCheckoutSessionPaymentIntentDataSetupFutureUsage, ExpireCheckoutSession, ProductData,
+    RetrieveCheckoutSession,
 };
 use stripe_core::charge::RetrieveCharge;
 use stripe_core::customer::{
@@ -65,9 +67,9 @@ async fn customers_round_trip_through_async_stripe() {
     };
     assert_eq!(fetched.email.as_deref(), Some("ada@example.com"));
 
-    let pm = http.save_card(created.id.as_str(), "4242424242424242").await;
+    let payment_method = http.save_card(created.id.as_str(), "4242424242424242").await;
     let mut settings = UpdateCustomerInvoiceSettings::new();
-    settings.default_payment_method = Some(pm.clone());
+    settings.default_payment_method = Some(payment_method.clone());
     let updated = UpdateCustomer::new(created.id.clone())
         .invoice_settings(settings)
         .email("ada@lovelace.dev")
@@ -76,7 +78,7 @@ async fn customers_round_trip_through_async_stripe() {
         .unwrap();
     assert_eq!(updated.email.as_deref(), Some("ada@lovelace.dev"));
     let default = updated.invoice_settings.unwrap().default_payment_method.unwrap();
-    assert_eq!(default.id().as_str(), pm);
+    assert_eq!(default.id().as_str(), payment_method);
 
     let cards = ListPaymentMethodsCustomer::new(created.id.clone())
         .send(&client)
@@ -121,14 +123,14 @@ async fn checkout_sessions_parse_in_both_modes() {
         .await
         .unwrap();
     assert_eq!(done.status, Some(CheckoutSessionStatus::Complete));
-    let Some(Expandable::Object(si)) = done.setup_intent else {
+    let Some(Expandable::Object(setup_intent)) = done.setup_intent else {
         panic!("setup_intent not expanded")
     };
-    assert_eq!(si.status, SetupIntentStatus::Succeeded);
-    let Some(Expandable::Object(pm)) = si.payment_method else {
+    assert_eq!(setup_intent.status, SetupIntentStatus::Succeeded);
+    let Some(Expandable::Object(payment_method)) = setup_intent.payment_method else {
         panic!("payment_method not expanded")
     };
-    assert_eq!(pm.card.unwrap().brand, "visa");
+    assert_eq!(payment_method.card.unwrap().brand, "visa");
 
     let mut price = CreateCheckoutSessionLineItemsPriceData::new(Currency::USD);
     price.product_data = Some(ProductData::new("Tollgate top-up"));
@@ -164,6 +166,44 @@ async fn checkout_sessions_parse_in_both_modes() {
 }
 
 #[tokio::test]
+async fn checkout_payment_method_filters_through_async_stripe() {
+    // async-stripe has no setter for the legacy `payment_method_types[]`: these filters are the
+    // only way a Tollgate built on it can restrict Checkout to cards.
+    let sb = sandbox().await;
+    let client = stripe(&sb);
+    let session = CreateCheckoutSession::new()
+        .mode(CheckoutSessionMode::Setup)
+        .currency(Currency::USD)
+        .allowed_payment_method_types(vec![CreateCheckoutSessionAllowedPaymentMethodTypes::Card])
+        .excluded_payment_method_types(vec![CreateCheckoutSessionExcludedPaymentMethodTypes::Paypal])
+        .send(&client)
+        .await
+        .unwrap();
+    assert_eq!(
+        session.allowed_payment_method_types,
+        Some(vec!["card".to_string()])
+    );
+    assert_eq!(
+        session.excluded_payment_method_types,
+        Some(vec!["paypal".to_string()])
+    );
+    assert_eq!(session.payment_method_types, vec!["card".to_string()]);
+
+    let err = CreateCheckoutSession::new()
+        .mode(CheckoutSessionMode::Setup)
+        .currency(Currency::USD)
+        .allowed_payment_method_types(vec![CreateCheckoutSessionAllowedPaymentMethodTypes::Paypal])
+        .send(&client)
+        .await
+        .unwrap_err();
+    let StripeError::Stripe(e, 400) = err else {
+        panic!("expected a 400, got {err:?}")
+    };
+    assert_eq!(e.type_, ApiErrorsType::InvalidRequestError);
+    assert_eq!(e.param.as_deref(), Some("allowed_payment_method_types[0]"));
+}
+
+#[tokio::test]
 async fn payment_objects_parse_through_async_stripe() {
     let sb = sandbox().await;
     let client = stripe(&sb);
@@ -178,19 +218,19 @@ async fn payment_objects_parse_through_async_stripe() {
     let s = http.get(&format!("/v1/checkout/sessions/{session}")).await;
     let si_id = s.json["setup_intent"].as_str().unwrap().to_string();
 
-    let si = RetrieveSetupIntent::new(si_id.as_str())
+    let setup_intent = RetrieveSetupIntent::new(si_id.as_str())
         .send(&client)
         .await
         .unwrap();
-    assert_eq!(si.status, SetupIntentStatus::Succeeded);
-    assert_eq!(si.usage, "off_session");
-    let pm_id = si.payment_method.unwrap().id().clone();
+    assert_eq!(setup_intent.status, SetupIntentStatus::Succeeded);
+    assert_eq!(setup_intent.usage, "off_session");
+    let pm_id = setup_intent.payment_method.unwrap().id().clone();
 
-    let pm = RetrievePaymentMethod::new(pm_id.clone())
+    let payment_method = RetrievePaymentMethod::new(pm_id.clone())
         .send(&client)
         .await
         .unwrap();
-    let card = pm.card.unwrap();
+    let card = payment_method.card.unwrap();
     assert_eq!(
         (
             card.brand.as_str(),
@@ -200,7 +240,7 @@ async fn payment_objects_parse_through_async_stripe() {
         ),
         ("mastercard", "4444", 12, 2034)
     );
-    assert_eq!(pm.customer.unwrap().id(), &customer.id);
+    assert_eq!(payment_method.customer.unwrap().id(), &customer.id);
 
     let listed = ListPaymentMethod::new()
         .customer(customer.id.as_str())
@@ -211,7 +251,7 @@ async fn payment_objects_parse_through_async_stripe() {
     assert_eq!(listed.data.len(), 1);
     assert!(!listed.has_more);
 
-    let pi = CreatePaymentIntent::new(2500, Currency::USD)
+    let payment_intent = CreatePaymentIntent::new(2500, Currency::USD)
         .customer(customer.id.as_str())
         .payment_method(pm_id.as_str())
         .confirm(true)
@@ -221,10 +261,10 @@ async fn payment_objects_parse_through_async_stripe() {
         .send(&client)
         .await
         .unwrap();
-    assert_eq!(pi.status, PaymentIntentStatus::Succeeded);
-    assert_eq!(pi.amount_received, 2500);
-    let charge_id = pi.latest_charge.clone().unwrap().id().clone();
-    let fetched = RetrievePaymentIntent::new(pi.id.clone())
+    assert_eq!(payment_intent.status, PaymentIntentStatus::Succeeded);
+    assert_eq!(payment_intent.amount_received, 2500);
+    let charge_id = payment_intent.latest_charge.clone().unwrap().id().clone();
+    let fetched = RetrievePaymentIntent::new(payment_intent.id.clone())
         .send(&client)
         .await
         .unwrap();
@@ -240,7 +280,7 @@ async fn payment_objects_parse_through_async_stripe() {
     );
 
     let refund = CreateRefund::new()
-        .payment_intent(pi.id.as_str())
+        .payment_intent(payment_intent.id.as_str())
         .amount(1000)
         .send(&client)
         .await
@@ -315,18 +355,18 @@ async fn declined_payment_intent_error_parses() {
     assert_eq!(e.code, Some(ApiErrorsCode::CardDeclined));
     assert_eq!(e.decline_code.as_deref(), Some("insufficient_funds"));
     assert!(e.charge.as_deref().is_some_and(|c| c.starts_with("ch_")));
-    let pi = e.payment_intent.as_ref().unwrap();
-    assert_eq!(pi.status, PaymentIntentStatus::RequiresPaymentMethod);
-    let last = pi.last_payment_error.as_ref().unwrap();
+    let payment_intent = e.payment_intent.as_ref().unwrap();
+    assert_eq!(payment_intent.status, PaymentIntentStatus::RequiresPaymentMethod);
+    let last = payment_intent.last_payment_error.as_ref().unwrap();
     assert_eq!(last.code, Some(ApiErrorsCode::CardDeclined));
     assert!(e.payment_method.is_some());
 
     // The failed intent and its failed charge are retrievable too.
-    let pi = RetrievePaymentIntent::new(pi.id.clone())
+    let payment_intent = RetrievePaymentIntent::new(payment_intent.id.clone())
         .send(&client)
         .await
         .unwrap();
-    let charge = RetrieveCharge::new(pi.latest_charge.unwrap().id().clone())
+    let charge = RetrieveCharge::new(payment_intent.latest_charge.unwrap().id().clone())
         .send(&client)
         .await
         .unwrap();

@@ -22,12 +22,12 @@ async fn fail_before_has_no_effect_and_a_retry_succeeds() {
     let sb = sandbox().await;
     let http = Http::new(&sb);
     let customer = http.customer("before@example.com").await;
-    let pm = http.save_card(&customer, "4242424242424242").await;
+    let payment_method = http.save_card(&customer, "4242424242424242").await;
     let form = [
         ("amount", "2500"),
         ("currency", "usd"),
         ("customer", customer.as_str()),
-        ("payment_method", pm.as_str()),
+        ("payment_method", payment_method.as_str()),
         ("confirm", "true"),
         ("off_session", "true"),
     ];
@@ -59,12 +59,12 @@ async fn fail_after_applies_the_effect_and_the_retry_replays_it() {
     let sb = sandbox().await;
     let http = Http::new(&sb);
     let customer = http.customer("after@example.com").await;
-    let pm = http.save_card(&customer, "4242424242424242").await;
+    let payment_method = http.save_card(&customer, "4242424242424242").await;
     let form = [
         ("amount", "2500"),
         ("currency", "usd"),
         ("customer", customer.as_str()),
-        ("payment_method", pm.as_str()),
+        ("payment_method", payment_method.as_str()),
         ("confirm", "true"),
         ("off_session", "true"),
     ];
@@ -92,7 +92,7 @@ async fn hangs_outlast_client_timeouts_with_or_without_effect() {
     let sb = sandbox().await;
     let http = Http::new(&sb);
     let customer = http.customer("hang@example.com").await;
-    let pm = http.save_card(&customer, "4242424242424242").await;
+    let payment_method = http.save_card(&customer, "4242424242424242").await;
     let impatient = stripe::ClientBuilder::new(KEY)
         .url(sb.base_url())
         .timeout(Duration::from_millis(300))
@@ -107,7 +107,7 @@ async fn hangs_outlast_client_timeouts_with_or_without_effect() {
     let charge = async |key: &str, client: &stripe::Client| {
         CreatePaymentIntent::new(2500, Currency::USD)
             .customer(customer.as_str())
-            .payment_method(pm.as_str())
+            .payment_method(payment_method.as_str())
             .confirm(true)
             .off_session(CreatePaymentIntentOffSession::Bool(true))
             .customize()

@@ -1,5 +1,7 @@
 //! The hosted Checkout page driven like a browser: GET the page, POST the form, follow the 303.
 
+use serde_json::{Value, json};
+
 use crate::common::{Http, Receiver, sandbox};
 
 fn location(r: &crate::common::Resp) -> String {
@@ -41,13 +43,13 @@ async fn setup_mode_with_4242_completes_attaches_and_notifies() {
         .await;
     assert_eq!(s.json["status"], "complete");
     assert_eq!(s.json["setup_intent"]["status"], "succeeded");
-    let pm = &s.json["setup_intent"]["payment_method"];
-    assert_eq!(pm["customer"], customer.as_str());
-    assert_eq!(pm["card"]["brand"], "visa");
-    assert_eq!(pm["card"]["last4"], "4242");
-    assert_eq!(pm["card"]["exp_month"], 12);
-    assert_eq!(pm["card"]["exp_year"], 2034);
-    assert_eq!(pm["billing_details"]["name"], "Ada Lovelace");
+    let payment_method = &s.json["setup_intent"]["payment_method"];
+    assert_eq!(payment_method["customer"], customer.as_str());
+    assert_eq!(payment_method["card"]["brand"], "visa");
+    assert_eq!(payment_method["card"]["last4"], "4242");
+    assert_eq!(payment_method["card"]["exp_month"], 12);
+    assert_eq!(payment_method["card"]["exp_year"], 2034);
+    assert_eq!(payment_method["billing_details"]["name"], "Ada Lovelace");
 
     let got = rx
         .wait_for_types(&[
@@ -282,19 +284,19 @@ async fn payment_mode_with_setup_future_usage_saves_the_card_and_pays() {
         .await;
     assert_eq!(s.json["status"], "complete");
     assert_eq!(s.json["payment_status"], "paid");
-    let pi = &s.json["payment_intent"];
-    assert_eq!(pi["status"], "succeeded");
-    assert_eq!(pi["amount"], 10000);
-    assert_eq!(pi["amount_received"], 10000);
-    assert_eq!(pi["metadata"]["topup_id"], "tu_1");
-    assert_eq!(pi["setup_future_usage"], "off_session");
+    let payment_intent = &s.json["payment_intent"];
+    assert_eq!(payment_intent["status"], "succeeded");
+    assert_eq!(payment_intent["amount"], 10000);
+    assert_eq!(payment_intent["amount_received"], 10000);
+    assert_eq!(payment_intent["metadata"]["topup_id"], "tu_1");
+    assert_eq!(payment_intent["setup_future_usage"], "off_session");
     let cards = http
         .get(&format!("/v1/payment_methods?customer={customer}&type=card"))
         .await;
     let cards = cards.json["data"].as_array().unwrap();
     assert_eq!(cards.len(), 1, "only the successful card is saved");
     assert_eq!(cards[0]["card"]["last4"], "4242");
-    assert_eq!(pi["payment_method"], cards[0]["id"]);
+    assert_eq!(payment_intent["payment_method"], cards[0]["id"]);
 
     rx.wait_for_types(&[
         "payment_intent.payment_failed",
@@ -381,4 +383,68 @@ async fn legacy_amount_line_items_and_customer_creation() {
         )
         .await;
     assert_eq!(r.json["error"]["code"], "resource_missing");
+}
+
+#[tokio::test]
+async fn payment_method_type_filters_are_accepted_and_echoed() {
+    let sb = sandbox().await;
+    let http = Http::new(&sb);
+    let base = [("mode", "setup"), ("currency", "usd")];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut form = base.to_vec();
+        form.extend_from_slice(extra);
+        form
+    };
+
+    let r = http
+        .post(
+            "/v1/checkout/sessions",
+            &with(&[
+                ("allowed_payment_method_types[0]", "card"),
+                ("excluded_payment_method_types[0]", "sepa_debit"),
+                ("excluded_payment_method_types[1]", "paypal"),
+            ]),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let id = r.json["id"].as_str().unwrap();
+    let fetched = http.get(&format!("/v1/checkout/sessions/{id}")).await;
+    for session in [&r.json, &fetched.json] {
+        assert_eq!(session["allowed_payment_method_types"], json!(["card"]));
+        assert_eq!(
+            session["excluded_payment_method_types"],
+            json!(["sepa_debit", "paypal"])
+        );
+        assert_eq!(session["payment_method_types"], json!(["card"]));
+    }
+
+    // The legacy list still works, and the filters stay null when not given, as on Stripe.
+    let legacy = http
+        .post(
+            "/v1/checkout/sessions",
+            &with(&[("payment_method_types[0]", "card")]),
+        )
+        .await;
+    assert_eq!(legacy.status, 200, "{}", legacy.text);
+    assert_eq!(legacy.json["allowed_payment_method_types"], Value::Null);
+    assert_eq!(legacy.json["excluded_payment_method_types"], Value::Null);
+
+    for (form, param) in [
+        (
+            with(&[
+                ("allowed_payment_method_types[0]", "card"),
+                ("allowed_payment_method_types[1]", "us_bank_account"),
+            ]),
+            "allowed_payment_method_types[1]",
+        ),
+        (
+            with(&[("excluded_payment_method_types[0]", "card")]),
+            "excluded_payment_method_types[0]",
+        ),
+    ] {
+        let r = http.post("/v1/checkout/sessions", &form).await;
+        assert_eq!(r.status, 400, "{}", r.text);
+        assert_eq!(r.json["error"]["type"], "invalid_request_error");
+        assert_eq!(r.json["error"]["param"], param);
+    }
 }

@@ -7,13 +7,13 @@ use crate::common::{Http, Receiver, sandbox};
 async fn off_session(
     http: &Http,
     customer: Option<&str>,
-    pm: &str,
+    payment_method: &str,
     key: Option<&str>,
 ) -> crate::common::Resp {
     let mut form = vec![
         ("amount", "2500"),
         ("currency", "usd"),
-        ("payment_method", pm),
+        ("payment_method", payment_method),
         ("confirm", "true"),
         ("off_session", "true"),
         ("metadata[account_id]", "acme"),
@@ -31,8 +31,8 @@ async fn off_session_payments_follow_the_test_cards() {
     let customer = http.customer("cards@example.com").await;
 
     // 4242: succeeds, with a charge.
-    let pm = http.save_card(&customer, "4242424242424242").await;
-    let r = off_session(&http, Some(&customer), &pm, None).await;
+    let payment_method = http.save_card(&customer, "4242424242424242").await;
+    let r = off_session(&http, Some(&customer), &payment_method, None).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json["status"], "succeeded");
     let charge = http
@@ -46,24 +46,30 @@ async fn off_session_payments_follow_the_test_cards() {
     assert_eq!(charge.json["customer"], customer.as_str());
 
     // 3155 after the 3-D Secure setup: off-session succeeds.
-    let pm = http.save_card(&customer, "4000002500003155").await;
-    let r = off_session(&http, Some(&customer), &pm, None).await;
+    let payment_method = http.save_card(&customer, "4000002500003155").await;
+    let r = off_session(&http, Some(&customer), &payment_method, None).await;
     assert_eq!(r.json["status"], "succeeded", "{}", r.text);
 
     // 3155 attached without a setup needs authentication.
-    let pm = http
+    let payment_method = http
         .post(
             "/v1/payment_methods/pm_card_authenticationRequiredOnSetup/attach",
             &[("customer", &customer)],
         )
         .await;
-    let r = off_session(&http, Some(&customer), pm.json["id"].as_str().unwrap(), None).await;
+    let r = off_session(
+        &http,
+        Some(&customer),
+        payment_method.json["id"].as_str().unwrap(),
+        None,
+    )
+    .await;
     assert_eq!(r.status, 402);
     assert_eq!(r.json["error"]["code"], "authentication_required");
 
     // 3184: always needs authentication; off-session fails like Stripe.
-    let pm = http.save_card(&customer, "4000002760003184").await;
-    let r = off_session(&http, Some(&customer), &pm, None).await;
+    let payment_method = http.save_card(&customer, "4000002760003184").await;
+    let r = off_session(&http, Some(&customer), &payment_method, None).await;
     assert_eq!(r.status, 402);
     let e = &r.json["error"];
     assert_eq!(e["type"], "card_error");
@@ -82,14 +88,14 @@ async fn off_session_payments_follow_the_test_cards() {
                 ("amount", "2500"),
                 ("currency", "usd"),
                 ("customer", &customer),
-                ("payment_method", &pm),
+                ("payment_method", &payment_method),
                 ("confirm", "true"),
                 ("return_url", "http://app.test/back"),
             ],
         )
         .await;
     assert_eq!(r.json["status"], "requires_action", "{}", r.text);
-    let pi = r.json["id"].as_str().unwrap().to_string();
+    let payment_intent = r.json["id"].as_str().unwrap().to_string();
     let challenge = r.json["next_action"]["redirect_to_url"]["url"]
         .as_str()
         .unwrap()
@@ -98,16 +104,18 @@ async fn off_session_payments_follow_the_test_cards() {
     assert_eq!(done.status, 303);
     assert_eq!(
         done.headers["location"],
-        format!("http://app.test/back?payment_intent={pi}&redirect_status=succeeded").as_str()
+        format!("http://app.test/back?payment_intent={payment_intent}&redirect_status=succeeded").as_str()
     );
     assert_eq!(
-        http.get(&format!("/v1/payment_intents/{pi}")).await.json["status"],
+        http.get(&format!("/v1/payment_intents/{payment_intent}"))
+            .await
+            .json["status"],
         "succeeded"
     );
 
     // 0341: attaches fine, every charge is declined.
-    let pm = http.save_card(&customer, "4000000000000341").await;
-    let r = off_session(&http, Some(&customer), &pm, None).await;
+    let payment_method = http.save_card(&customer, "4000000000000341").await;
+    let r = off_session(&http, Some(&customer), &payment_method, None).await;
     assert_eq!(r.status, 402);
     assert_eq!(r.json["error"]["code"], "card_declined");
     assert!(r.json["error"]["charge"].as_str().unwrap().starts_with("ch_"));
@@ -140,7 +148,7 @@ async fn payment_intent_validation_and_lifecycle() {
     let sb = sandbox().await;
     let http = Http::new(&sb);
     let customer = http.customer("pi@example.com").await;
-    let pm = http.save_card(&customer, "4242424242424242").await;
+    let payment_method = http.save_card(&customer, "4242424242424242").await;
 
     let r = http
         .post("/v1/payment_intents", &[("amount", "20"), ("currency", "usd")])
@@ -157,7 +165,11 @@ async fn payment_intent_validation_and_lifecycle() {
     let r = http
         .post(
             "/v1/payment_intents",
-            &[("amount", "2500"), ("currency", "usd"), ("payment_method", &pm)],
+            &[
+                ("amount", "2500"),
+                ("currency", "usd"),
+                ("payment_method", &payment_method),
+            ],
         )
         .await;
     assert_eq!(r.status, 400, "an attached card needs its customer");
@@ -169,7 +181,7 @@ async fn payment_intent_validation_and_lifecycle() {
                 ("amount", "2500"),
                 ("currency", "usd"),
                 ("customer", &customer),
-                ("payment_method", &pm),
+                ("payment_method", &payment_method),
                 ("payment_method_types[0]", "card"),
             ],
         )
@@ -208,10 +220,10 @@ async fn refunds_full_partial_and_over_refund() {
     sb.set_webhook_url(rx.url.clone());
     let http = Http::new(&sb);
     let customer = http.customer("refund@example.com").await;
-    let pm = http.save_card(&customer, "4242424242424242").await;
-    let pi = off_session(&http, Some(&customer), &pm, None).await;
-    let pi_id = pi.json["id"].as_str().unwrap();
-    let charge = pi.json["latest_charge"].as_str().unwrap();
+    let payment_method = http.save_card(&customer, "4242424242424242").await;
+    let payment_intent = off_session(&http, Some(&customer), &payment_method, None).await;
+    let pi_id = payment_intent.json["id"].as_str().unwrap();
+    let charge = payment_intent.json["latest_charge"].as_str().unwrap();
 
     let r = http
         .post(
@@ -273,12 +285,12 @@ async fn disputes_open_and_close_with_events() {
     sb.set_webhook_url(rx.url.clone());
     let http = Http::new(&sb);
     let customer = http.customer("dispute@example.com").await;
-    let pm = http.save_card(&customer, "4242424242424242").await;
+    let payment_method = http.save_card(&customer, "4242424242424242").await;
 
     let mut charges = Vec::new();
     for _ in 0..2 {
-        let pi = off_session(&http, Some(&customer), &pm, None).await;
-        charges.push(pi.json["latest_charge"].as_str().unwrap().to_string());
+        let payment_intent = off_session(&http, Some(&customer), &payment_method, None).await;
+        charges.push(payment_intent.json["latest_charge"].as_str().unwrap().to_string());
     }
     for (charge, outcome) in charges.iter().zip(["lost", "won"]) {
         let d = http
@@ -318,24 +330,35 @@ async fn disputes_open_and_close_with_events() {
             .await;
         assert_eq!(again.status, 400);
     }
+    // The won dispute's reinstatement is the last event emitted.
     let got = rx
-        .wait_until(|all| {
-            all.iter()
-                .filter(|r| r.type_() == "charge.dispute.closed")
-                .count()
-                == 2
-        })
+        .wait_until(|all| all.iter().any(|r| r.type_() == "charge.dispute.funds_reinstated"))
         .await;
-    let closed: Vec<&str> = got
+    // Per dispute, in creation order: the money leaves when it opens and comes back only if won.
+    let dispute_events: Vec<(&str, &str, &str)> = got
         .iter()
-        .filter(|r| r.type_() == "charge.dispute.closed")
-        .map(|r| r.event["data"]["object"]["status"].as_str().unwrap())
+        .filter(|r| r.type_().starts_with("charge.dispute."))
+        .map(|r| {
+            let object = &r.event["data"]["object"];
+            (
+                object["charge"].as_str().unwrap(),
+                r.type_(),
+                object["status"].as_str().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(closed, vec!["lost", "won"]);
-    assert_eq!(
-        got.iter()
-            .filter(|r| r.type_() == "charge.dispute.created")
-            .count(),
-        2
-    );
+    let mut expected = Vec::new();
+    for (charge, outcome) in charges.iter().zip(["lost", "won"]) {
+        expected.push((charge.as_str(), "charge.dispute.created", "needs_response"));
+        expected.push((
+            charge.as_str(),
+            "charge.dispute.funds_withdrawn",
+            "needs_response",
+        ));
+        expected.push((charge.as_str(), "charge.dispute.closed", outcome));
+        if outcome == "won" {
+            expected.push((charge.as_str(), "charge.dispute.funds_reinstated", "won"));
+        }
+    }
+    assert_eq!(dispute_events, expected);
 }

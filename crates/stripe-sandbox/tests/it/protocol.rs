@@ -122,12 +122,12 @@ async fn idempotency_key_replays_and_rejects_mismatch() {
     let sb = sandbox().await;
     let http = Http::new(&sb);
     let customer = http.customer("idem@example.com").await;
-    let pm = http.save_card(&customer, "4242424242424242").await;
+    let payment_method = http.save_card(&customer, "4242424242424242").await;
     let form = [
         ("amount", "2500"),
         ("currency", "usd"),
         ("customer", customer.as_str()),
-        ("payment_method", pm.as_str()),
+        ("payment_method", payment_method.as_str()),
         ("confirm", "true"),
         ("off_session", "true"),
     ];
@@ -206,7 +206,7 @@ async fn idempotency_key_replays_and_rejects_mismatch() {
     let send = || {
         CreatePaymentIntent::new(1234, Currency::USD)
             .customer(customer.as_str())
-            .payment_method(pm.as_str())
+            .payment_method(payment_method.as_str())
             .confirm(true)
             .off_session(CreatePaymentIntentOffSession::Bool(true))
             .customize()
@@ -266,7 +266,7 @@ async fn expand_and_pagination() {
     let sb = sandbox().await;
     let http = Http::new(&sb);
     let customer = http.customer("expand@example.com").await;
-    let pm = http.save_card(&customer, "4242424242424242").await;
+    let payment_method = http.save_card(&customer, "4242424242424242").await;
     let r = http
         .post(
             "/v1/payment_intents",
@@ -274,7 +274,7 @@ async fn expand_and_pagination() {
                 ("amount", "2500"),
                 ("currency", "usd"),
                 ("customer", &customer),
-                ("payment_method", &pm),
+                ("payment_method", &payment_method),
                 ("confirm", "true"),
                 ("off_session", "true"),
                 ("expand[]", "latest_charge"),
@@ -345,18 +345,21 @@ async fn customer_updates_and_detach_emit_events() {
     let sb = sandbox().await;
     let http = Http::new(&sb);
     let customer = http.customer("upd@example.com").await;
-    let pm = http.save_card(&customer, "4242424242424242").await;
+    let payment_method = http.save_card(&customer, "4242424242424242").await;
     let r = http
         .post(
             &format!("/v1/customers/{customer}"),
             &[
-                ("invoice_settings[default_payment_method]", &pm),
+                ("invoice_settings[default_payment_method]", &payment_method),
                 ("metadata[tier]", "pro"),
                 ("metadata[account_id]", ""),
             ],
         )
         .await;
-    assert_eq!(r.json["invoice_settings"]["default_payment_method"], pm.as_str());
+    assert_eq!(
+        r.json["invoice_settings"]["default_payment_method"],
+        payment_method.as_str()
+    );
     assert_eq!(r.json["metadata"], serde_json::json!({ "tier": "pro" }));
     let r = http
         .post(
@@ -369,11 +372,15 @@ async fn customer_updates_and_detach_emit_events() {
         (400, Some("invoice_settings[default_payment_method]"))
     );
 
-    let r = http.post(&format!("/v1/payment_methods/{pm}/detach"), &[]).await;
+    let r = http
+        .post(&format!("/v1/payment_methods/{payment_method}/detach"), &[])
+        .await;
     assert!(r.json["customer"].is_null());
     let c = http.get(&format!("/v1/customers/{customer}")).await;
     assert!(c.json["invoice_settings"]["default_payment_method"].is_null());
-    let r = http.post(&format!("/v1/payment_methods/{pm}/detach"), &[]).await;
+    let r = http
+        .post(&format!("/v1/payment_methods/{payment_method}/detach"), &[])
+        .await;
     assert_eq!(r.status, 400);
     let updates = http.get("/v1/events?type=customer.updated").await;
     let updates = updates.json["data"].as_array().unwrap();

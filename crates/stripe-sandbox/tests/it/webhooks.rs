@@ -22,14 +22,14 @@ async fn signatures_verify_with_async_stripe_and_tampering_is_rejected() {
     sb.set_webhook_url(rx.url.clone());
     let http = Http::new(&sb);
     let customer = http.customer("ada@example.com").await;
-    let pm = http.save_card(&customer, "4242424242424242").await;
+    let payment_method = http.save_card(&customer, "4242424242424242").await;
     http.post(
         "/v1/payment_intents",
         &[
             ("amount", "1500"),
             ("currency", "usd"),
             ("customer", &customer),
-            ("payment_method", &pm),
+            ("payment_method", &payment_method),
             ("confirm", "true"),
             ("off_session", "true"),
         ],
@@ -271,33 +271,39 @@ async fn every_event_type_parses_as_an_async_stripe_webhook() {
     let customer = http.customer("all@example.com").await;
     let (_, url) = http.setup_session(&customer).await;
     http.pay(&url, "4000000000000002").await; // setup_intent.setup_failed
-    let pm = http.save_card(&customer, "4242424242424242").await;
+    let payment_method = http.save_card(&customer, "4242424242424242").await;
     http.post(
         &format!("/v1/customers/{customer}"),
-        &[("invoice_settings[default_payment_method]", &pm)],
+        &[("invoice_settings[default_payment_method]", &payment_method)],
     )
     .await;
     let (expiring, _) = http.setup_session(&customer).await;
     http.post(&format!("/v1/checkout/sessions/{expiring}/expire"), &[])
         .await;
-    let paid = http
-        .post(
-            "/v1/payment_intents",
-            &[
-                ("amount", "5000"),
-                ("currency", "usd"),
-                ("customer", &customer),
-                ("payment_method", &pm),
-                ("confirm", "true"),
-                ("off_session", "true"),
-            ],
-        )
-        .await;
-    let charge = paid.json["latest_charge"].as_str().unwrap().to_string();
-    http.post("/v1/refunds", &[("charge", &charge), ("amount", "1000")])
-        .await;
-    let dispute = sb.open_dispute(&charge, None).unwrap();
-    sb.close_dispute(dispute["id"].as_str().unwrap(), false).unwrap();
+    // Two paid charges: one refunded in part and lost in dispute, one whose dispute is won
+    // (`charge.dispute.funds_reinstated`).
+    for won in [false, true] {
+        let paid = http
+            .post(
+                "/v1/payment_intents",
+                &[
+                    ("amount", "5000"),
+                    ("currency", "usd"),
+                    ("customer", &customer),
+                    ("payment_method", &payment_method),
+                    ("confirm", "true"),
+                    ("off_session", "true"),
+                ],
+            )
+            .await;
+        let charge = paid.json["latest_charge"].as_str().unwrap().to_string();
+        if !won {
+            http.post("/v1/refunds", &[("charge", &charge), ("amount", "1000")])
+                .await;
+        }
+        let dispute = sb.open_dispute(&charge, None).unwrap();
+        sb.close_dispute(dispute["id"].as_str().unwrap(), won).unwrap();
+    }
     http.post(
         "/v1/payment_intents",
         &[
@@ -327,7 +333,8 @@ async fn every_event_type_parses_as_an_async_stripe_webhook() {
         &[],
     )
     .await;
-    http.post(&format!("/v1/payment_methods/{pm}/detach"), &[]).await;
+    http.post(&format!("/v1/payment_methods/{payment_method}/detach"), &[])
+        .await;
 
     let all_types = [
         "customer.created",
@@ -348,7 +355,9 @@ async fn every_event_type_parses_as_an_async_stripe_webhook() {
         "charge.refunded",
         "refund.created",
         "charge.dispute.created",
+        "charge.dispute.funds_withdrawn",
         "charge.dispute.closed",
+        "charge.dispute.funds_reinstated",
     ];
     let got = rx.wait_for_types(&all_types).await;
     for r in &got {
