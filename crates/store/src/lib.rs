@@ -2,20 +2,23 @@
 //! state; each operation is one atomic transaction that prices with
 //! `tollgate-core` and writes journal, transfers and balances together.
 //!
-//! Only this crate knows SQL.
+//! Only this crate knows SQL. Two implementations: [`sqlite`] (one machine)
+//! and [`postgres`] (many processes on one database).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod postgres;
 mod records;
 pub mod sqlite;
+pub mod testing;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use tollgate_core::{
-    AccountId, GrantCommand, HoldCommand, HoldStatus, InsufficientFunds, Micros, NewAccount, Quantity,
-    Timestamp, UsageCommand,
+    AccountId, Clock, GrantCommand, HoldCommand, HoldStatus, InsufficientFunds, Micros, NewAccount,
+    PriceBook, Quantity, TierBasis, Timestamp, UsageCommand,
 };
 
 pub use records::{
@@ -145,6 +148,40 @@ pub trait Store: Send + Sync + 'static {
 /// A shared, dynamically chosen store.
 pub type SharedStore = Arc<dyn Store>;
 
+/// What every operation prices and times with.
+pub struct StoreRules {
+    /// The price book and tiers.
+    pub price_book: Arc<PriceBook>,
+    /// Cycle or lifetime tiers.
+    pub tier_basis: TierBasis,
+    /// The source of "now".
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Opens the store `url` names (SQLite file or PostgreSQL), migrating it as needed.
+pub async fn open(url: &str, rules: StoreRules) -> StoreResult<SharedStore> {
+    match DatabaseUrl::parse(url).map_err(StoreError::Database)? {
+        DatabaseUrl::Sqlite(path) => {
+            // Opening SQLite touches the disk: keep it off the async threads.
+            let store = tokio::task::spawn_blocking(move || sqlite::SqliteStore::open(&path, rules))
+                .await
+                .map_err(|_| StoreError::Unavailable)??;
+            Ok(Arc::new(store))
+        }
+        DatabaseUrl::Postgres(url) => Ok(Arc::new(postgres::PgStore::open(&url, rules).await?)),
+    }
+}
+
+/// Applies pending migrations to the database `url` names.
+pub async fn migrate(url: &str) -> StoreResult<()> {
+    match DatabaseUrl::parse(url).map_err(StoreError::Database)? {
+        DatabaseUrl::Sqlite(path) => tokio::task::spawn_blocking(move || sqlite::migrate(&path))
+            .await
+            .map_err(|_| StoreError::Unavailable)?,
+        DatabaseUrl::Postgres(url) => postgres::migrate(&url).await,
+    }
+}
+
 /// Where the data lives, parsed from `TOLLGATE_DATABASE_URL`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DatabaseUrl {
@@ -172,19 +209,36 @@ impl DatabaseUrl {
     }
 }
 
+/// A new time-ordered id with a type prefix (`txn_…`, `hold_…`): no global
+/// sequence, so writers on many machines never contend for one.
+pub(crate) fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
+}
+
 /// Reads the wall clock; the only place that does.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 
-impl tollgate_core::Clock for SystemClock {
+impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
-        time::OffsetDateTime::now_utc()
+        // Storage keeps microseconds: reading in the same precision makes a
+        // fresh response and its later replay (rebuilt from storage) identical.
+        let now = time::OffsetDateTime::now_utc();
+        tollgate_core::clock::from_unix_micros(tollgate_core::clock::to_unix_micros(now))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_system_clock_reads_in_storage_precision() {
+        use tollgate_core::Clock;
+        for _ in 0..100 {
+            assert_eq!(SystemClock.now().nanosecond() % 1_000, 0);
+        }
+    }
 
     #[test]
     fn database_urls() {

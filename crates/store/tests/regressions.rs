@@ -9,22 +9,18 @@ use tollgate_core::{
     AccountId, ActionId, Actor, GrantCommand, HoldCommand, HoldStatus, HoldTtl, IdempotencyKey, ManualClock,
     Micros, NewAccount, Quantity, TierBasis, TransactionKind,
 };
-use tollgate_store::sqlite::{SqliteStore, StoreRules};
-use tollgate_store::{HoldRecord, PageRequest, Store};
+use tollgate_store::testing::TestDatabase;
+use tollgate_store::{HoldRecord, PageRequest, SharedStore, StoreRules};
 
-fn open(dir: &tempfile::TempDir, clock: Arc<ManualClock>) -> SqliteStore {
-    SqliteStore::open(
-        &dir.path().join("regressions.db"),
-        StoreRules {
-            price_book: Arc::new(default_price_book()),
-            tier_basis: TierBasis::Cycle,
-            clock,
-        },
-    )
-    .unwrap()
+fn open(db: &TestDatabase, clock: Arc<ManualClock>) -> SharedStore {
+    db.open(StoreRules {
+        price_book: Arc::new(default_price_book()),
+        tier_basis: TierBasis::Cycle,
+        clock,
+    })
 }
 
-async fn funded(store: &SqliteStore, id: &str) -> AccountId {
+async fn funded(store: &SharedStore, id: &str) -> AccountId {
     let account = AccountId::parse(id).unwrap();
     store
         .create_account(NewAccount::new(account.clone(), id, "billing@example.test").unwrap())
@@ -59,7 +55,7 @@ fn hold(account: &AccountId, micros: i64, ttl: i64, key: &str) -> HoldCommand {
 
 /// Which of `holds` the journal shows released. Read from the journal on
 /// purpose: `Store::hold` itself releases a due hold when asked about it.
-async fn released(store: &SqliteStore, account: &AccountId, holds: &[HoldRecord]) -> Vec<bool> {
+async fn released(store: &SharedStore, account: &AccountId, holds: &[HoldRecord]) -> Vec<bool> {
     let lines = store
         .transactions(account, PageRequest::new(100, None))
         .await
@@ -80,9 +76,9 @@ async fn released(store: &SqliteStore, account: &AccountId, holds: &[HoldRecord]
 /// it is after its capture (API.md: "returns the original result").
 #[tokio::test]
 async fn hold_replay_returns_the_original_result() {
-    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::new();
     let clock = Arc::new(ManualClock::new(datetime!(2026-11-25 10:00 UTC)));
-    let store = open(&dir, clock);
+    let store = open(&db, clock);
     let acme = funded(&store, "acme").await;
     let placed = store.place_hold(hold(&acme, 500_000, 60, "h1")).await.unwrap();
     assert!(!placed.replayed);
@@ -108,9 +104,9 @@ async fn hold_replay_returns_the_original_result() {
 /// even when one account has more due (it used to release all of them).
 #[tokio::test]
 async fn expire_holds_honours_its_limit() {
-    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::new();
     let clock = Arc::new(ManualClock::new(datetime!(2026-11-25 10:00 UTC)));
-    let store = open(&dir, clock.clone());
+    let store = open(&db, clock.clone());
     let acme = funded(&store, "acme").await;
     let mut holds: Vec<HoldRecord> = Vec::new();
     for (index, ttl) in [30, 10, 20].into_iter().enumerate() {
@@ -138,9 +134,9 @@ async fn expire_holds_honours_its_limit() {
 /// ran out: the read releases it (through the writer) and says so.
 #[tokio::test]
 async fn reads_release_holds_whose_time_ran_out() {
-    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::new();
     let clock = Arc::new(ManualClock::new(datetime!(2026-11-25 10:00 UTC)));
-    let store = open(&dir, clock.clone());
+    let store = open(&db, clock.clone());
     let acme = funded(&store, "acme").await;
     let placed = store
         .place_hold(hold(&acme, 400_000, 5, "h"))
@@ -162,9 +158,9 @@ async fn reads_release_holds_whose_time_ran_out() {
 /// The journal of an account that does not exist is not an empty page.
 #[tokio::test]
 async fn transactions_of_an_unknown_account_are_not_found() {
-    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::new();
     let clock = Arc::new(ManualClock::new(datetime!(2026-11-25 10:00 UTC)));
-    let store = open(&dir, clock);
+    let store = open(&db, clock);
     let ghost = AccountId::parse("ghost").unwrap();
     assert!(matches!(
         store.transactions(&ghost, PageRequest::default()).await,

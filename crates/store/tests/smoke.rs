@@ -8,19 +8,15 @@ use tollgate_core::{
     AccountId, ActionId, Actor, GrantCommand, HoldCommand, HoldStatus, HoldTtl, IdempotencyKey, ManualClock,
     Micros, NewAccount, Quantity, TierBasis, UsageCommand,
 };
-use tollgate_store::sqlite::{SqliteStore, StoreRules};
-use tollgate_store::{Store, StoreError};
+use tollgate_store::testing::TestDatabase;
+use tollgate_store::{SharedStore, StoreError, StoreRules};
 
-fn open(dir: &tempfile::TempDir, clock: Arc<ManualClock>) -> SqliteStore {
-    SqliteStore::open(
-        &dir.path().join("smoke.db"),
-        StoreRules {
-            price_book: Arc::new(default_price_book()),
-            tier_basis: TierBasis::Cycle,
-            clock,
-        },
-    )
-    .unwrap()
+fn open(db: &TestDatabase, clock: Arc<ManualClock>) -> SharedStore {
+    db.open(StoreRules {
+        price_book: Arc::new(default_price_book()),
+        tier_basis: TierBasis::Cycle,
+        clock,
+    })
 }
 
 fn usage(account: &str, action: &str, quantity: u64, key: &str) -> UsageCommand {
@@ -34,9 +30,9 @@ fn usage(account: &str, action: &str, quantity: u64, key: &str) -> UsageCommand 
 
 #[tokio::test]
 async fn charges_replays_holds_and_verifies() {
-    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::new();
     let clock = Arc::new(ManualClock::new(datetime!(2026-11-25 10:00 UTC)));
-    let store = open(&dir, clock.clone());
+    let store = open(&db, clock.clone());
     let acme = AccountId::parse("acme").unwrap();
     store
         .create_account(NewAccount::new(acme.clone(), "Acme", "billing@acme.test").unwrap())

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use tollgate_core::money::format_usd;
 use tollgate_core::{AccountId, Actor, GrantCommand, IdempotencyKey, Micros, NewAccount};
-use tollgate_store::sqlite::{SqliteStore, StoreRules};
-use tollgate_store::{AccountRecord, DatabaseUrl, PageRequest, SharedStore, SystemClock};
+use tollgate_store::postgres::{DEFAULT_POOL_SIZE, PgStore};
+use tollgate_store::sqlite::SqliteStore;
+use tollgate_store::{AccountRecord, DatabaseUrl, PageRequest, SharedStore, StoreRules, SystemClock};
 
 use crate::config::Config;
 
@@ -25,8 +26,41 @@ pub fn open_store(database_url: &str, config: &Config) -> anyhow::Result<SharedS
                 .with_context(|| format!("opening the SQLite database {}", path.display()))?;
             Ok(Arc::new(store))
         }
-        DatabaseUrl::Postgres(_) => bail!("the PostgreSQL store is not available in this build yet"),
+        DatabaseUrl::Postgres(url) => {
+            let target = url.clone();
+            block_on_helper(async move { tollgate_store::migrate(&target).await })?
+                .context("migrating the PostgreSQL database")?;
+            // The pool connects lazily, on the caller's runtime.
+            let store = PgStore::connect(&url, rules, pool_size()?).context("opening the PostgreSQL pool")?;
+            Ok(Arc::new(store))
+        }
     }
+}
+
+/// Connections one process keeps to PostgreSQL: `TOLLGATE_DATABASE_POOL_SIZE`
+/// (default 16); see docs/deploy.md for sizing.
+fn pool_size() -> anyhow::Result<usize> {
+    match std::env::var("TOLLGATE_DATABASE_POOL_SIZE") {
+        Err(_) => Ok(DEFAULT_POOL_SIZE),
+        Ok(value) => match value.trim().parse::<usize>() {
+            Ok(size) if (1..=1_000).contains(&size) => Ok(size),
+            _ => bail!("TOLLGATE_DATABASE_POOL_SIZE must be a number from 1 to 1000, not {value:?}"),
+        },
+    }
+}
+
+/// Runs a future to completion on a small runtime of its own, on a thread of
+/// its own: callable from synchronous code and from inside any runtime.
+fn block_on_helper<T: Send + 'static>(future: impl Future<Output = T> + Send + 'static) -> anyhow::Result<T> {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(|runtime| runtime.block_on(future))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the database helper thread panicked"))?
+    .context("starting the database helper runtime")
 }
 
 /// `tollgate migrate`.
@@ -38,7 +72,13 @@ pub fn migrate(database_url: &str) -> anyhow::Result<ExitCode> {
             println!("migrated {}", path.display());
             Ok(ExitCode::SUCCESS)
         }
-        DatabaseUrl::Postgres(_) => bail!("the PostgreSQL store is not available in this build yet"),
+        DatabaseUrl::Postgres(url) => {
+            let target = url.clone();
+            block_on_helper(async move { tollgate_store::migrate(&target).await })?
+                .context("migrating the PostgreSQL database")?;
+            println!("migrated the PostgreSQL database");
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -13,10 +13,10 @@ use async_trait::async_trait;
 use rusqlite::Connection;
 use tokio::sync::Semaphore;
 use tollgate_core::{
-    AccountId, Clock, GrantCommand, HoldCommand, Micros, NewAccount, PriceBook, Quantity, TierBasis,
-    Timestamp, UsageCommand,
+    AccountId, GrantCommand, HoldCommand, Micros, NewAccount, Quantity, Timestamp, UsageCommand,
 };
 
+pub use crate::StoreRules;
 use crate::{
     AccountRecord, ApiKeyRecord, AuditRecord, HoldRecord, Idempotent, LedgerReport, MAX_BATCH_EVENTS, Page,
     PageRequest, Store, StoreError, StoreResult, TransactionLine, UsageRecord,
@@ -29,16 +29,6 @@ mod embedded {
 
 /// Read connections kept open; WAL lets them read while the writer writes.
 pub const READ_CONNECTIONS: usize = 4;
-
-/// What every operation prices and times with.
-pub struct StoreRules {
-    /// The price book and tiers.
-    pub price_book: Arc<PriceBook>,
-    /// Cycle or lifetime tiers.
-    pub tier_basis: TierBasis,
-    /// The source of "now".
-    pub clock: Arc<dyn Clock>,
-}
 
 impl From<rusqlite::Error> for StoreError {
     fn from(error: rusqlite::Error) -> StoreError {

@@ -1,5 +1,6 @@
-//! The real server on 127.0.0.1:0 against a fresh SQLite file, with a
-//! manual clock and a known operator key, plus request helpers.
+//! The real server on 127.0.0.1:0 against a fresh store (SQLite, or
+//! PostgreSQL with `TOLLGATE_TEST_STORE=postgres`), with a manual clock and a
+//! known operator key, plus request helpers.
 
 #![allow(dead_code)] // Each test binary uses a different part of the helper.
 
@@ -12,8 +13,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tollgate_core::pricing::default_price_book;
 use tollgate_core::{ActionId, ActionSpec, ManualClock, Micros, PriceBook, TierBasis};
-use tollgate_store::SharedStore;
-use tollgate_store::sqlite::{SqliteStore, StoreRules};
+use tollgate_store::testing::TestDatabase;
+use tollgate_store::{SharedStore, StoreRules};
 use tollgate_web::{AppState, WebConfig};
 
 /// The operator key every test server accepts.
@@ -49,29 +50,24 @@ pub fn book_with_deluxe() -> PriceBook {
     PriceBook::new(actions, book.tiers().to_vec()).unwrap()
 }
 
-/// What backs an app state; the directory must outlive the store.
+/// What backs an app state; the database must outlive the store.
 pub struct Parts {
     pub store: SharedStore,
     pub clock: Arc<ManualClock>,
-    pub dir: tempfile::TempDir,
+    pub dir: TestDatabase,
 }
 
-/// An app state on a fresh SQLite file, for tests that call the app in process.
+/// An app state on a fresh database of the store `TOLLGATE_TEST_STORE` names,
+/// for tests that call the app in process.
 pub fn app_state(options: Options) -> (AppState, Parts) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDatabase::new();
     let clock = Arc::new(ManualClock::new(START));
     let book = Arc::new(options.price_book);
-    let store: SharedStore = Arc::new(
-        SqliteStore::open(
-            &dir.path().join("tollgate.db"),
-            StoreRules {
-                price_book: book.clone(),
-                tier_basis: TierBasis::Cycle,
-                clock: clock.clone(),
-            },
-        )
-        .unwrap(),
-    );
+    let store = dir.open(StoreRules {
+        price_book: book.clone(),
+        tier_basis: TierBasis::Cycle,
+        clock: clock.clone(),
+    });
     let mut config = WebConfig::new(book, clock.clone());
     config.operator_key = Some(OPERATOR_KEY.to_owned());
     config.booking_url = "https://calendly.example/sales".to_owned();
@@ -87,7 +83,7 @@ pub struct TestServer {
     pub clock: Arc<ManualClock>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<std::io::Result<()>>>,
-    _dir: tempfile::TempDir,
+    _dir: TestDatabase,
 }
 
 impl TestServer {

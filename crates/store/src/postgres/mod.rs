@@ -1,0 +1,481 @@
+//! The PostgreSQL store, for several Tollgate processes on one database.
+//!
+//! Correctness comes from the database, never from process memory: every
+//! write takes its account's row lock (`SELECT … FOR UPDATE`) before it
+//! checks idempotency, balances or hold status, so writers of one account
+//! serialise across processes; unique constraints on (account, idempotency
+//! key) and (account, sequence) are the backstop, and a violation, a
+//! serialization failure or a deadlock retries the whole transaction a
+//! bounded number of times. Transactions run at READ COMMITTED (each
+//! statement after the lock sees the latest commits); `verify_ledger` reads
+//! one REPEATABLE READ snapshot. No session state is used (no SET, no
+//! advisory locks, no LISTEN/NOTIFY, statements prepared and used inside one
+//! transaction), so PgBouncer in transaction mode works.
+
+mod ops;
+mod rows;
+mod verify;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{IsolationLevel, NoTls};
+use tollgate_core::{
+    AccountId, GrantCommand, HoldCommand, InsufficientFunds, Micros, NewAccount, Quantity, UsageCommand,
+};
+
+use crate::{
+    AccountRecord, ApiKeyRecord, AuditRecord, HoldRecord, Idempotent, LedgerReport, MAX_BATCH_EVENTS, Page,
+    PageRequest, Store, StoreError, StoreResult, StoreRules, TransactionLine, UsageRecord,
+};
+
+mod embedded {
+    refinery::embed_migrations!("migrations/postgres");
+}
+
+/// Default number of connections one process keeps to PostgreSQL.
+pub const DEFAULT_POOL_SIZE: usize = 16;
+/// Attempts of one transaction before a retryable failure is reported.
+pub const MAX_ATTEMPTS: u32 = 10;
+/// Longest a caller waits for a pooled connection or a new one.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest one operation (all its attempts) may take.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What can go wrong inside a PostgreSQL transaction: a final answer, or a
+/// conflict with another writer that a fresh attempt resolves.
+#[derive(Debug)]
+pub(crate) enum PgError {
+    /// Report this (domain refusal or database failure).
+    Store(StoreError),
+    /// Serialization failure, deadlock or unique violation: try again.
+    Retry(String),
+}
+
+/// Results inside the PostgreSQL store.
+pub(crate) type PgResult<T> = Result<T, PgError>;
+
+impl From<StoreError> for PgError {
+    fn from(error: StoreError) -> PgError {
+        PgError::Store(error)
+    }
+}
+
+impl From<InsufficientFunds> for PgError {
+    fn from(error: InsufficientFunds) -> PgError {
+        PgError::Store(error.into())
+    }
+}
+
+fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => match std::error::Error::source(error) {
+            Some(source) => format!("{error}: {source}"),
+            None => error.to_string(),
+        },
+    }
+}
+
+impl From<tokio_postgres::Error> for PgError {
+    fn from(error: tokio_postgres::Error) -> PgError {
+        let retry = matches!(
+            error.code(),
+            Some(code) if *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::T_R_DEADLOCK_DETECTED
+                || *code == SqlState::UNIQUE_VIOLATION
+        );
+        if retry {
+            PgError::Retry(describe(&error))
+        } else {
+            PgError::Store(StoreError::Database(describe(&error)))
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for PgError {
+    fn from(error: deadpool_postgres::PoolError) -> PgError {
+        PgError::Store(StoreError::Database(format!("no database connection: {error}")))
+    }
+}
+
+impl PgError {
+    fn into_store(self) -> StoreError {
+        match self {
+            PgError::Store(error) => error,
+            PgError::Retry(message) => StoreError::Database(format!(
+                "gave up after {MAX_ATTEMPTS} conflicting attempts: {message}"
+            )),
+        }
+    }
+}
+
+async fn connect(url: &str) -> StoreResult<tokio_postgres::Client> {
+    let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_postgres::connect(url, NoTls))
+        .await
+        .map_err(|_| StoreError::Database("timed out connecting to PostgreSQL".to_owned()))?
+        .map_err(|error| {
+            StoreError::Database(format!("could not connect to PostgreSQL: {}", describe(&error)))
+        })?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::warn!(error = %error, "PostgreSQL connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// Applies pending migrations to the PostgreSQL database at `url`.
+pub async fn migrate(url: &str) -> StoreResult<()> {
+    let mut last = String::new();
+    // Several processes starting at once may race to create the schema; the
+    // loser's attempt fails on a duplicate and the next one finds it applied.
+    for attempt in 0..5_u64 {
+        let mut client = connect(url).await?;
+        match embedded::migrations::runner()
+            .set_grouped(true)
+            .run_async(&mut client)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(error) => last = error.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
+    }
+    Err(StoreError::Database(format!("migration failed: {last}")))
+}
+
+/// The PostgreSQL implementation of [`Store`].
+pub struct PgStore {
+    pool: Pool,
+    rules: StoreRules,
+}
+
+impl PgStore {
+    /// Migrates the database at `url`, then opens a pool of connections to it.
+    pub async fn open(url: &str, rules: StoreRules) -> StoreResult<PgStore> {
+        migrate(url).await?;
+        let store = PgStore::connect(url, rules, DEFAULT_POOL_SIZE)?;
+        store.health().await?;
+        Ok(store)
+    }
+
+    /// A pool of at most `pool_size` connections to an already migrated
+    /// database; connects lazily.
+    pub fn connect(url: &str, rules: StoreRules, pool_size: usize) -> StoreResult<PgStore> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|error| StoreError::Database(format!("invalid PostgreSQL URL: {error}")))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|error| StoreError::Database(format!("could not build the connection pool: {error}")))?;
+        Ok(PgStore { pool, rules })
+    }
+
+    /// The rules this store prices with.
+    pub fn rules(&self) -> &StoreRules {
+        &self.rules
+    }
+
+    fn context(&self) -> ops::Context<'_> {
+        ops::Context {
+            now: self.rules.clock.now(),
+            rules: &self.rules,
+        }
+    }
+}
+
+/// Waits a little, more after each conflict, with jitter so that two
+/// conflicting processes do not retry in lockstep.
+async fn back_off(attempt: u32) {
+    let base = 2_u64 << attempt.min(6);
+    let jitter = (uuid::Uuid::now_v7().as_u128() % u128::from(base)) as u64;
+    tokio::time::sleep(Duration::from_millis(base + jitter)).await;
+}
+
+/// Runs `$body` (with `$tx` the open transaction and `$context` this
+/// attempt's time and rules) in a READ COMMITTED transaction, committing on
+/// `Ok`, rolling back on `Err`, and starting over on a retryable conflict.
+macro_rules! transaction {
+    ($store:expr, |$tx:ident, $context:ident| $body:expr) => {{
+        let store: &PgStore = $store;
+        let run = async {
+            let mut attempt = 0_u32;
+            loop {
+                let outcome: PgResult<_> = async {
+                    let mut pooled = store.pool.get().await?;
+                    let client: &mut tokio_postgres::Client = &mut pooled;
+                    #[allow(unused_mut)] // Only a batch needs it mutable, for savepoints.
+                    let mut $tx = client.transaction().await?;
+                    let $context = store.context();
+                    match $body {
+                        Ok(value) => {
+                            $tx.commit().await?;
+                            Ok(value)
+                        }
+                        Err(error) => {
+                            // Dropping would roll back too; this way the connection goes back clean.
+                            let _ = $tx.rollback().await;
+                            Err(error)
+                        }
+                    }
+                }
+                .await;
+                match outcome {
+                    Err(PgError::Retry(message)) if attempt + 1 < MAX_ATTEMPTS => {
+                        tracing::debug!(%message, attempt, "retrying a conflicting transaction");
+                        attempt += 1;
+                        back_off(attempt).await;
+                    }
+                    other => break other.map_err(PgError::into_store),
+                }
+            }
+        };
+        match tokio::time::timeout(OPERATION_TIMEOUT, run).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Database("the operation timed out".to_owned())),
+        }
+    }};
+}
+
+/// Runs a read in a READ ONLY transaction (so statements are prepared and
+/// used on one server connection, as PgBouncer's transaction mode needs).
+macro_rules! read {
+    ($store:expr, |$tx:ident, $context:ident| $body:expr) => {{
+        let store: &PgStore = $store;
+        let run = async {
+            let outcome: PgResult<_> = async {
+                let mut pooled = store.pool.get().await?;
+                let client: &mut tokio_postgres::Client = &mut pooled;
+                let $tx = client.build_transaction().read_only(true).start().await?;
+                let $context = store.context();
+                let value = $body?;
+                $tx.commit().await?;
+                Ok(value)
+            }
+            .await;
+            outcome.map_err(PgError::into_store)
+        };
+        match tokio::time::timeout(OPERATION_TIMEOUT, run).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Database("the read timed out".to_owned())),
+        }
+    }};
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn create_account(&self, account: NewAccount) -> StoreResult<AccountRecord> {
+        transaction!(self, |tx, context| ops::create_account(&tx, &context, &account)
+            .await)
+    }
+
+    async fn account(&self, id: &AccountId) -> StoreResult<AccountRecord> {
+        let (record, due) = read!(self, |tx, context| async {
+            let record = rows::load_account(&tx, id, context.now)
+                .await?
+                .map(|stored| stored.record)
+                .ok_or_else(|| StoreError::NotFound {
+                    what: "account",
+                    id: id.to_string(),
+                })?;
+            PgResult::Ok((record, rows::has_due_holds(&tx, id, context.now).await?))
+        }
+        .await)?;
+        if !due {
+            return Ok(record);
+        }
+        // Never show funds as held by a hold whose time ran out: release it first.
+        transaction!(self, |tx, context| ops::release_due_holds(&tx, &context, id)
+            .await)
+    }
+
+    async fn list_accounts(&self, page: PageRequest) -> StoreResult<Page<AccountRecord>> {
+        read!(self, |tx, context| rows::list_accounts(&tx, &page, context.now)
+            .await)
+    }
+
+    async fn charge_usage(&self, command: UsageCommand) -> StoreResult<Idempotent<UsageRecord>> {
+        transaction!(self, |tx, context| async {
+            rows::lock_account(&tx, command.account.as_str()).await?;
+            ops::charge_usage(&tx, &context, &command).await
+        }
+        .await)
+    }
+
+    async fn charge_usage_batch(
+        &self,
+        commands: Vec<UsageCommand>,
+    ) -> StoreResult<Vec<StoreResult<Idempotent<UsageRecord>>>> {
+        if commands.len() > MAX_BATCH_EVENTS {
+            return Err(StoreError::BatchTooLarge);
+        }
+        // Every account of the batch locked up front, in id order: two
+        // batches touching the same accounts queue instead of deadlocking.
+        let mut accounts: Vec<&str> = commands.iter().map(|command| command.account.as_str()).collect();
+        accounts.sort_unstable();
+        accounts.dedup();
+        let accounts = &accounts;
+        let commands = &commands;
+        transaction!(self, |tx, context| async {
+            for account in accounts {
+                rows::lock_account(&tx, account).await?;
+            }
+            let mut results = Vec::with_capacity(commands.len());
+            for command in commands {
+                // Each event in its own savepoint: a refused one leaves no trace.
+                let savepoint = tx.savepoint("event").await?;
+                match ops::charge_usage(&savepoint, &context, command).await {
+                    Ok(value) => {
+                        savepoint.commit().await?;
+                        results.push(Ok(value));
+                    }
+                    Err(PgError::Store(refusal)) => {
+                        savepoint.rollback().await?;
+                        results.push(Err(refusal));
+                    }
+                    // A conflict means the whole batch starts over.
+                    Err(retry @ PgError::Retry(_)) => return Err(retry),
+                }
+            }
+            PgResult::Ok(results)
+        }
+        .await)
+    }
+
+    async fn grant(&self, command: GrantCommand) -> StoreResult<Idempotent<TransactionLine>> {
+        transaction!(self, |tx, context| ops::grant(&tx, &context, &command).await)
+    }
+
+    async fn place_hold(&self, command: HoldCommand) -> StoreResult<Idempotent<HoldRecord>> {
+        transaction!(self, |tx, context| ops::place_hold(&tx, &context, &command).await)
+    }
+
+    async fn capture_hold(
+        &self,
+        hold_id: &str,
+        quantity: Quantity,
+    ) -> StoreResult<(HoldRecord, UsageRecord)> {
+        // The inner result lets a lazily expired hold commit its release while the capture is refused.
+        transaction!(self, |tx, context| ops::capture_hold(
+            &tx, &context, hold_id, quantity
+        )
+        .await)?
+    }
+
+    async fn void_hold(&self, hold_id: &str) -> StoreResult<HoldRecord> {
+        transaction!(self, |tx, context| ops::void_hold(&tx, &context, hold_id).await)?
+    }
+
+    async fn hold(&self, hold_id: &str) -> StoreResult<HoldRecord> {
+        let (hold, now) = read!(self, |tx, context| async {
+            let hold = rows::load_hold(&tx, hold_id).await?.ok_or(StoreError::NotFound {
+                what: "hold",
+                id: hold_id.to_owned(),
+            })?;
+            PgResult::Ok((hold, context.now))
+        }
+        .await)?;
+        if hold.status != tollgate_core::HoldStatus::Active || hold.expires_at > now {
+            return Ok(hold);
+        }
+        // An active hold past its time is reported as what it is: expired and released.
+        let account = hold.account.clone();
+        transaction!(self, |tx, context| async {
+            ops::release_due_holds(&tx, &context, &account).await?;
+            rows::load_hold(&tx, hold_id).await?.ok_or_else(|| {
+                PgError::Store(StoreError::NotFound {
+                    what: "hold",
+                    id: hold_id.to_owned(),
+                })
+            })
+        }
+        .await)
+    }
+
+    async fn expire_holds(&self, limit: usize) -> StoreResult<usize> {
+        transaction!(self, |tx, context| ops::expire_due_holds(&tx, &context, limit)
+            .await)
+    }
+
+    async fn transactions(
+        &self,
+        account: &AccountId,
+        page: PageRequest,
+    ) -> StoreResult<Page<TransactionLine>> {
+        read!(self, |tx, _context| rows::list_transactions(&tx, account, &page)
+            .await)
+    }
+
+    async fn daily_usage(
+        &self,
+        account: &AccountId,
+        since: tollgate_core::Timestamp,
+    ) -> StoreResult<Vec<(time::Date, String, Micros)>> {
+        read!(self, |tx, _context| rows::daily_usage(&tx, account, since).await)
+    }
+
+    async fn verify_ledger(&self) -> StoreResult<LedgerReport> {
+        let run = async {
+            let outcome: PgResult<LedgerReport> = async {
+                let mut pooled = self.pool.get().await?;
+                let client: &mut tokio_postgres::Client = &mut pooled;
+                // One snapshot for every query: a consistent picture while writers go on.
+                let tx = client
+                    .build_transaction()
+                    .isolation_level(IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()
+                    .await?;
+                let report = verify::verify(&tx).await?;
+                tx.commit().await?;
+                Ok(report)
+            }
+            .await;
+            outcome.map_err(PgError::into_store)
+        };
+        // Verification reads everything: it gets more time than one operation.
+        match tokio::time::timeout(OPERATION_TIMEOUT * 20, run).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Database("ledger verification timed out".to_owned())),
+        }
+    }
+
+    async fn insert_api_key(&self, key: ApiKeyRecord) -> StoreResult<()> {
+        transaction!(self, |tx, _context| rows::insert_api_key(&tx, &key).await)
+    }
+
+    async fn api_key_by_hash(&self, key_hash: &str) -> StoreResult<Option<ApiKeyRecord>> {
+        read!(self, |tx, _context| rows::api_key_by_hash(&tx, key_hash).await)
+    }
+
+    async fn count_api_keys(&self) -> StoreResult<u64> {
+        read!(self, |tx, _context| rows::count_api_keys(&tx).await)
+    }
+
+    async fn audit_log(&self, page: PageRequest) -> StoreResult<Page<AuditRecord>> {
+        read!(self, |tx, _context| rows::list_audit(&tx, &page).await)
+    }
+
+    async fn health(&self) -> StoreResult<()> {
+        read!(self, |tx, _context| async {
+            tx.query_one("SELECT 1", &[]).await?;
+            PgResult::Ok(())
+        }
+        .await)
+    }
+}
