@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod invariants;
 pub mod postgres;
 mod records;
 pub mod sqlite;

@@ -1,22 +1,11 @@
-//! `tollgate ledger verify`: recompute every balance from the transfers and
-//! check every invariant, inside one read snapshot.
+//! `tollgate ledger verify` on SQLite: gathers the facts inside one read
+//! snapshot; the rules live in `crate::invariants`.
 
-use std::collections::HashMap;
-
-use rusqlite::Connection;
-use tollgate_core::{LedgerAccount, Micros};
+use rusqlite::{Connection, params};
 
 use super::StoreRules;
+use crate::invariants::{AccountFacts, JournalFacts, LedgerCheck, UsageFacts};
 use crate::{LedgerReport, StoreResult};
-
-#[derive(Default)]
-struct Expected {
-    available: i64,
-    held: i64,
-    active_holds: i64,
-    usage_amount: i64,
-    usage_savings: i64,
-}
 
 /// Checks every invariant; problems are collected, never fixed.
 pub fn verify(connection: &Connection, _rules: &StoreRules) -> StoreResult<LedgerReport> {
@@ -28,75 +17,44 @@ pub fn verify(connection: &Connection, _rules: &StoreRules) -> StoreResult<Ledge
 }
 
 fn verify_in_snapshot(connection: &Connection) -> StoreResult<LedgerReport> {
-    let mut report = LedgerReport::default();
-    let mut expected: HashMap<String, Expected> = HashMap::new();
+    let mut check = LedgerCheck::default();
 
-    // 1. Balances recomputed from the transfers.
     let mut statement = connection.prepare(
         "SELECT code, SUM(delta) FROM ( \
              SELECT to_account AS code, amount_micros AS delta FROM transfers \
              UNION ALL SELECT from_account, -amount_micros FROM transfers) GROUP BY code",
     )?;
-    let mut sums = statement.query([])?;
-    while let Some(row) = sums.next()? {
-        let code: String = row.get(0)?;
-        let sum: i64 = row.get(1)?;
-        match LedgerAccount::parse(&code) {
-            Some(LedgerAccount::Available(account)) => {
-                expected.entry(account.to_string()).or_default().available = sum
-            }
-            Some(LedgerAccount::Held(account)) => expected.entry(account.to_string()).or_default().held = sum,
-            Some(_) => {}
-            None => report
-                .problems
-                .push(format!("transfers use unknown ledger account `{code}`")),
-        }
+    let mut rows = statement.query([])?;
+    while let Some(row) = rows.next()? {
+        check.transfer_sum(&row.get::<_, String>(0)?, row.get(1)?);
     }
 
-    // 2. Held funds equal the active holds.
     let mut statement = connection.prepare(
         "SELECT account_id, SUM(amount_micros) FROM holds WHERE status = 'active' GROUP BY account_id",
     )?;
-    let mut holds = statement.query([])?;
-    while let Some(row) = holds.next()? {
-        expected.entry(row.get(0)?).or_default().active_holds = row.get(1)?;
+    let mut rows = statement.query([])?;
+    while let Some(row) = rows.next()? {
+        check.active_holds(row.get(0)?, row.get(1)?);
     }
 
-    // 3. Usage records: exact arithmetic, and their totals for spend.
     let mut statement = connection.prepare(
         "SELECT transaction_id, account_id, quantity, unit_price_micros, unit_list_price_micros, amount_micros, \
          list_amount_micros, savings_micros FROM usage_records",
     )?;
-    let mut usage = statement.query([])?;
-    while let Some(row) = usage.next()? {
-        let id: String = row.get(0)?;
-        let account: String = row.get(1)?;
-        let [quantity, unit, unit_list, amount, list_amount, savings]: [i64; 6] = [
-            row.get(2)?,
-            row.get(3)?,
-            row.get(4)?,
-            row.get(5)?,
-            row.get(6)?,
-            row.get(7)?,
-        ];
-        if quantity.checked_mul(unit) != Some(amount) || quantity.checked_mul(unit_list) != Some(list_amount)
-        {
-            report
-                .problems
-                .push(format!("usage {id}: amount is not quantity × unit price"));
-        }
-        if savings != (list_amount - amount).max(0) {
-            report
-                .problems
-                .push(format!("usage {id}: savings are not list − paid"));
-        }
-        let totals = expected.entry(account).or_default();
-        totals.usage_amount = totals.usage_amount.saturating_add(amount);
-        totals.usage_savings = totals.usage_savings.saturating_add(savings);
+    let mut rows = statement.query([])?;
+    while let Some(row) = rows.next()? {
+        check.usage(UsageFacts {
+            id: row.get(0)?,
+            account: row.get(1)?,
+            quantity: row.get(2)?,
+            unit_price: row.get(3)?,
+            unit_list_price: row.get(4)?,
+            amount: row.get(5)?,
+            list_amount: row.get(6)?,
+            savings: row.get(7)?,
+        });
     }
 
-    // 4. Every journal transaction matches its transfers, and each account's
-    //    journal is a gapless chain of balances.
     let mut statement = connection.prepare(
         "SELECT j.id, j.account_id, j.sequence, j.amount_micros, j.available_amount_micros, \
                 j.available_after_micros, j.held_after_micros, \
@@ -107,137 +65,42 @@ fn verify_in_snapshot(connection: &Connection) -> StoreResult<LedgerReport> {
          FROM journal_transactions j LEFT JOIN transfers t ON t.transaction_id = j.id \
          GROUP BY j.id ORDER BY j.account_id, j.sequence",
     )?;
-    let mut journal = statement.query([])?;
-    let mut chain: Option<(String, i64, i64, i64)> = None;
-    let mut chain_ends: HashMap<String, (i64, i64, i64)> = HashMap::new();
-    while let Some(row) = journal.next()? {
-        report.transactions_checked += 1;
-        let id: String = row.get(0)?;
-        let account: String = row.get(1)?;
-        let [
-            sequence,
-            amount,
-            available_amount,
-            available_after,
-            held_after,
-            available_delta,
-            held_delta,
-        ]: [i64; 7] = [
-            row.get(2)?,
-            row.get(3)?,
-            row.get(4)?,
-            row.get(5)?,
-            row.get(6)?,
-            row.get(7)?,
-            row.get(8)?,
-        ];
-        if available_amount != available_delta || amount != available_delta + held_delta {
-            report.problems.push(format!(
-                "transaction {id}: recorded amounts differ from its transfers"
-            ));
-        }
-        let (previous_sequence, previous_available, previous_held) = match &chain {
-            Some((chain_account, sequence, available, held)) if *chain_account == account => {
-                (*sequence, *available, *held)
-            }
-            _ => (0, 0, 0),
-        };
-        if sequence != previous_sequence + 1 {
-            report.problems.push(format!(
-                "account {account}: journal sequence jumps from {previous_sequence} to {sequence}"
-            ));
-        }
-        if available_after != previous_available + available_delta || held_after != previous_held + held_delta
-        {
-            report.problems.push(format!(
-                "transaction {id}: balance after does not follow from the one before"
-            ));
-        }
-        chain_ends.insert(account.clone(), (sequence, available_after, held_after));
-        chain = Some((account, sequence, available_after, held_after));
+    let mut rows = statement.query([])?;
+    while let Some(row) = rows.next()? {
+        check.journal(JournalFacts {
+            id: row.get(0)?,
+            account: row.get(1)?,
+            sequence: row.get(2)?,
+            amount: row.get(3)?,
+            available_amount: row.get(4)?,
+            available_after: row.get(5)?,
+            held_after: row.get(6)?,
+            available_delta: row.get(7)?,
+            held_delta: row.get(8)?,
+        });
     }
 
-    // 5. Each account's stored state against everything recomputed.
     let mut statement = connection.prepare(
         "SELECT id, billing_mode, credit_limit_micros, available_micros, held_micros, journal_sequence, \
-         lifetime_spend_micros, lifetime_savings_micros, cycle_start, cycle_spend_micros FROM accounts",
+         lifetime_spend_micros, lifetime_savings_micros, cycle_spend_micros, \
+         (SELECT COALESCE(SUM(u.amount_micros), 0) FROM usage_records u \
+          WHERE u.account_id = accounts.id AND u.created_at >= accounts.cycle_start) \
+         FROM accounts",
     )?;
-    let mut accounts = statement.query([])?;
-    while let Some(row) = accounts.next()? {
-        report.accounts_checked += 1;
-        let id: String = row.get(0)?;
-        let mode: String = row.get(1)?;
-        let [
-            credit_limit,
-            available,
-            held,
-            journal_sequence,
-            lifetime_spend,
-            lifetime_savings,
-            cycle_start,
-            cycle_spend,
-        ]: [i64; 8] = [
-            row.get(2)?,
-            row.get(3)?,
-            row.get(4)?,
-            row.get(5)?,
-            row.get(6)?,
-            row.get(7)?,
-            row.get(8)?,
-            row.get(9)?,
-        ];
-        let recomputed = expected.remove(&id).unwrap_or_default();
-        let problems = &mut report.problems;
-        if available != recomputed.available {
-            problems.push(format!(
-                "account {id}: available balance {} but its transfers sum to {}",
-                Micros::new(available),
-                Micros::new(recomputed.available)
-            ));
-        }
-        if held != recomputed.held || held != recomputed.active_holds {
-            problems.push(format!(
-                "account {id}: held {} but transfers say {} and active holds {}",
-                Micros::new(held),
-                Micros::new(recomputed.held),
-                Micros::new(recomputed.active_holds)
-            ));
-        }
-        if mode == "prepaid" && credit_limit != 0 {
-            problems.push(format!("account {id}: a prepaid account has a credit limit"));
-        }
-        if available + credit_limit < 0 {
-            problems.push(format!(
-                "account {id}: available balance {} is below its limit",
-                Micros::new(available)
-            ));
-        }
-        let (last_sequence, last_available, last_held) = chain_ends.remove(&id).unwrap_or((0, 0, 0));
-        if journal_sequence != last_sequence || available != last_available || held != last_held {
-            problems.push(format!(
-                "account {id}: stored balances differ from its last journal transaction"
-            ));
-        }
-        if lifetime_spend != recomputed.usage_amount || lifetime_savings != recomputed.usage_savings {
-            problems.push(format!(
-                "account {id}: lifetime spend or savings differ from its usage records"
-            ));
-        }
-        let cycle_usage: i64 = connection.query_row(
-            "SELECT COALESCE(SUM(amount_micros), 0) FROM usage_records WHERE account_id = ?1 AND created_at >= ?2",
-            rusqlite::params![id, cycle_start],
-            |row| row.get(0),
-        )?;
-        if cycle_spend != cycle_usage {
-            problems.push(format!(
-                "account {id}: cycle spend differs from this cycle's usage records"
-            ));
-        }
+    let mut rows = statement.query(params![])?;
+    while let Some(row) = rows.next()? {
+        check.account(AccountFacts {
+            id: row.get(0)?,
+            billing_mode: row.get(1)?,
+            credit_limit: row.get(2)?,
+            available: row.get(3)?,
+            held: row.get(4)?,
+            journal_sequence: row.get(5)?,
+            lifetime_spend: row.get(6)?,
+            lifetime_savings: row.get(7)?,
+            cycle_spend: row.get(8)?,
+            cycle_usage: row.get(9)?,
+        });
     }
-    for orphan in expected.keys().chain(chain_ends.keys()) {
-        report
-            .problems
-            .push(format!("ledger entries for unknown account `{orphan}`"));
-    }
-    Ok(report)
+    Ok(check.finish())
 }

@@ -1,0 +1,343 @@
+//! The ledger's invariants as pure checks over facts a backend reads.
+//!
+//! Each backend's `verify` only gathers facts (with its own SQL, in one
+//! snapshot) and feeds them here, so SQLite and PostgreSQL are held to
+//! exactly the same rules.
+
+use std::collections::HashMap;
+
+use tollgate_core::{LedgerAccount, Micros};
+
+use crate::LedgerReport;
+
+/// What the ledger says an account should hold, recomputed from its entries.
+#[derive(Default)]
+struct Recomputed {
+    available: i64,
+    held: i64,
+    active_holds: i64,
+    usage_amount: i64,
+    usage_savings: i64,
+}
+
+/// Where an account's journal chain stands: sequence and balances after.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+struct ChainLink {
+    sequence: i64,
+    available_after: i64,
+    held_after: i64,
+}
+
+/// One usage record's stored amounts.
+pub(crate) struct UsageFacts {
+    pub id: String,
+    pub account: String,
+    pub quantity: i64,
+    pub unit_price: i64,
+    pub unit_list_price: i64,
+    pub amount: i64,
+    pub list_amount: i64,
+    pub savings: i64,
+}
+
+/// One journal transaction and what its transfers do to its customer.
+pub(crate) struct JournalFacts {
+    pub id: String,
+    pub account: String,
+    pub sequence: i64,
+    pub amount: i64,
+    pub available_amount: i64,
+    pub available_after: i64,
+    pub held_after: i64,
+    /// Sum of its transfers into minus out of `available:<account>`.
+    pub available_delta: i64,
+    /// Sum of its transfers into minus out of `held:<account>`.
+    pub held_delta: i64,
+}
+
+/// One account's stored state, plus the usage recorded since its cycle start.
+pub(crate) struct AccountFacts {
+    pub id: String,
+    pub billing_mode: String,
+    pub credit_limit: i64,
+    pub available: i64,
+    pub held: i64,
+    pub journal_sequence: i64,
+    pub lifetime_spend: i64,
+    pub lifetime_savings: i64,
+    pub cycle_spend: i64,
+    pub cycle_usage: i64,
+}
+
+/// Accumulates facts in the order: transfer sums, active holds, usage rows,
+/// journal rows (ordered by account, then sequence), accounts.
+#[derive(Default)]
+pub(crate) struct LedgerCheck {
+    report: LedgerReport,
+    recomputed: HashMap<String, Recomputed>,
+    chain: Option<(String, ChainLink)>,
+    chain_ends: HashMap<String, ChainLink>,
+}
+
+impl LedgerCheck {
+    fn problem(&mut self, text: String) {
+        self.report.problems.push(text);
+    }
+
+    /// The net of all transfers into and out of one ledger account.
+    pub fn transfer_sum(&mut self, code: &str, sum: i64) {
+        match LedgerAccount::parse(code) {
+            Some(LedgerAccount::Available(account)) => {
+                self.recomputed.entry(account.to_string()).or_default().available = sum;
+            }
+            Some(LedgerAccount::Held(account)) => {
+                self.recomputed.entry(account.to_string()).or_default().held = sum;
+            }
+            Some(_) => {}
+            None => self.problem(format!("transfers use unknown ledger account `{code}`")),
+        }
+    }
+
+    /// The total of an account's active holds.
+    pub fn active_holds(&mut self, account: String, sum: i64) {
+        self.recomputed.entry(account).or_default().active_holds = sum;
+    }
+
+    /// A usage record: exact arithmetic, and its part of the spend totals.
+    pub fn usage(&mut self, usage: UsageFacts) {
+        let id = &usage.id;
+        if usage.quantity.checked_mul(usage.unit_price) != Some(usage.amount)
+            || usage.quantity.checked_mul(usage.unit_list_price) != Some(usage.list_amount)
+        {
+            self.problem(format!("usage {id}: amount is not quantity × unit price"));
+        }
+        if usage.savings != (usage.list_amount - usage.amount).max(0) {
+            self.problem(format!("usage {id}: savings are not list − paid"));
+        }
+        let totals = self.recomputed.entry(usage.account).or_default();
+        totals.usage_amount = totals.usage_amount.saturating_add(usage.amount);
+        totals.usage_savings = totals.usage_savings.saturating_add(usage.savings);
+    }
+
+    /// A journal transaction: it matches its transfers and follows the one before.
+    pub fn journal(&mut self, journal: JournalFacts) {
+        self.report.transactions_checked += 1;
+        let JournalFacts { id, account, .. } = &journal;
+        if journal.available_amount != journal.available_delta
+            || journal.amount != journal.available_delta + journal.held_delta
+        {
+            self.problem(format!(
+                "transaction {id}: recorded amounts differ from its transfers"
+            ));
+        }
+        let previous = match &self.chain {
+            Some((chain_account, link)) if chain_account == account => *link,
+            _ => ChainLink::default(),
+        };
+        if journal.sequence != previous.sequence + 1 {
+            self.problem(format!(
+                "account {account}: journal sequence jumps from {} to {}",
+                previous.sequence, journal.sequence
+            ));
+        }
+        if journal.available_after != previous.available_after + journal.available_delta
+            || journal.held_after != previous.held_after + journal.held_delta
+        {
+            self.problem(format!(
+                "transaction {id}: balance after does not follow from the one before"
+            ));
+        }
+        let link = ChainLink {
+            sequence: journal.sequence,
+            available_after: journal.available_after,
+            held_after: journal.held_after,
+        };
+        self.chain_ends.insert(journal.account.clone(), link);
+        self.chain = Some((journal.account, link));
+    }
+
+    /// An account's stored state against everything recomputed.
+    pub fn account(&mut self, account: AccountFacts) {
+        self.report.accounts_checked += 1;
+        let id = &account.id;
+        let recomputed = self.recomputed.remove(id).unwrap_or_default();
+        let last = self.chain_ends.remove(id).unwrap_or_default();
+        let mut problems = Vec::new();
+        if account.available != recomputed.available {
+            problems.push(format!(
+                "account {id}: available balance {} but its transfers sum to {}",
+                Micros::new(account.available),
+                Micros::new(recomputed.available)
+            ));
+        }
+        if account.held != recomputed.held || account.held != recomputed.active_holds {
+            problems.push(format!(
+                "account {id}: held {} but transfers say {} and active holds {}",
+                Micros::new(account.held),
+                Micros::new(recomputed.held),
+                Micros::new(recomputed.active_holds)
+            ));
+        }
+        if account.billing_mode == "prepaid" && account.credit_limit != 0 {
+            problems.push(format!("account {id}: a prepaid account has a credit limit"));
+        }
+        if account.available + account.credit_limit < 0 {
+            problems.push(format!(
+                "account {id}: available balance {} is below its limit",
+                Micros::new(account.available)
+            ));
+        }
+        if account.journal_sequence != last.sequence
+            || account.available != last.available_after
+            || account.held != last.held_after
+        {
+            problems.push(format!(
+                "account {id}: stored balances differ from its last journal transaction"
+            ));
+        }
+        if account.lifetime_spend != recomputed.usage_amount
+            || account.lifetime_savings != recomputed.usage_savings
+        {
+            problems.push(format!(
+                "account {id}: lifetime spend or savings differ from its usage records"
+            ));
+        }
+        if account.cycle_spend != account.cycle_usage {
+            problems.push(format!(
+                "account {id}: cycle spend differs from this cycle's usage records"
+            ));
+        }
+        self.report.problems.extend(problems);
+    }
+
+    /// The report, with entries of accounts that do not exist flagged.
+    pub fn finish(mut self) -> LedgerReport {
+        let mut orphans: Vec<String> = self
+            .recomputed
+            .keys()
+            .chain(self.chain_ends.keys())
+            .cloned()
+            .collect();
+        orphans.sort();
+        orphans.dedup();
+        for orphan in orphans {
+            self.problem(format!("ledger entries for unknown account `{orphan}`"));
+        }
+        self.report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn journal(sequence: i64, available_delta: i64, available_after: i64) -> JournalFacts {
+        JournalFacts {
+            id: format!("txn_{sequence}"),
+            account: "acme".to_owned(),
+            sequence,
+            amount: available_delta,
+            available_amount: available_delta,
+            available_after,
+            held_after: 0,
+            available_delta,
+            held_delta: 0,
+        }
+    }
+
+    fn account(available: i64, journal_sequence: i64) -> AccountFacts {
+        AccountFacts {
+            id: "acme".to_owned(),
+            billing_mode: "prepaid".to_owned(),
+            credit_limit: 0,
+            available,
+            held: 0,
+            journal_sequence,
+            lifetime_spend: 30_000,
+            lifetime_savings: 0,
+            cycle_spend: 30_000,
+            cycle_usage: 30_000,
+        }
+    }
+
+    fn ledger(journal_rows: Vec<JournalFacts>, stored: AccountFacts) -> LedgerReport {
+        let mut check = LedgerCheck::default();
+        check.transfer_sum("available:acme", 970_000);
+        check.transfer_sum("revenue", 30_000);
+        check.transfer_sum("grants", -1_000_000);
+        check.usage(UsageFacts {
+            id: "txn_2".to_owned(),
+            account: "acme".to_owned(),
+            quantity: 1,
+            unit_price: 30_000,
+            unit_list_price: 30_000,
+            amount: 30_000,
+            list_amount: 30_000,
+            savings: 0,
+        });
+        for row in journal_rows {
+            check.journal(row);
+        }
+        check.account(stored);
+        check.finish()
+    }
+
+    #[test]
+    fn a_consistent_ledger_is_clean() {
+        let report = ledger(
+            vec![journal(1, 1_000_000, 1_000_000), journal(2, -30_000, 970_000)],
+            account(970_000, 2),
+        );
+        assert!(report.is_clean(), "{:?}", report.problems);
+        assert_eq!((report.accounts_checked, report.transactions_checked), (1, 2));
+    }
+
+    #[test]
+    fn every_kind_of_tampering_is_named() {
+        let created = ledger(
+            vec![journal(1, 1_000_000, 1_000_000), journal(2, -30_000, 970_000)],
+            account(970_001, 2),
+        );
+        assert!(
+            created
+                .problems
+                .iter()
+                .any(|problem| problem.contains("transfers sum to"))
+        );
+        let gap = ledger(
+            vec![journal(1, 1_000_000, 1_000_000), journal(3, -30_000, 970_000)],
+            account(970_000, 3),
+        );
+        assert!(
+            gap.problems
+                .iter()
+                .any(|problem| problem.contains("jumps from 1 to 3"))
+        );
+        let broken_chain = ledger(
+            vec![journal(1, 1_000_000, 1_000_000), journal(2, -30_000, 970_500)],
+            account(970_000, 2),
+        );
+        assert!(
+            broken_chain
+                .problems
+                .iter()
+                .any(|problem| problem.contains("does not follow"))
+        );
+        let mut unknown = LedgerCheck::default();
+        unknown.transfer_sum("available:ghost", 5);
+        unknown.transfer_sum("nonsense", 5);
+        let report = unknown.finish();
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|problem| problem.contains("unknown ledger account `nonsense`"))
+        );
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|problem| problem.contains("unknown account `ghost`"))
+        );
+    }
+}
