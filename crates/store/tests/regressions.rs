@@ -167,3 +167,31 @@ async fn transactions_of_an_unknown_account_are_not_found() {
         Err(tollgate_store::StoreError::NotFound { .. })
     ));
 }
+
+/// Paging accounts from a cursor that names no account is refused, like
+/// every other list (it used to return the accounts after that text).
+#[tokio::test]
+async fn listing_accounts_from_an_unknown_cursor_is_refused() {
+    let db = TestDatabase::new();
+    let clock = Arc::new(ManualClock::new(datetime!(2026-11-25 10:00 UTC)));
+    let store = open(&db, clock);
+    funded(&store, "acme").await;
+    funded(&store, "zeta").await;
+    let page = store
+        .list_accounts(PageRequest::new(10, Some("acme".to_owned())))
+        .await
+        .unwrap();
+    assert_eq!(
+        page.data
+            .iter()
+            .map(|account| account.id.as_str())
+            .collect::<Vec<_>>(),
+        ["zeta"]
+    );
+    assert!(matches!(
+        store
+            .list_accounts(PageRequest::new(10, Some("b".to_owned())))
+            .await,
+        Err(tollgate_store::StoreError::InvalidCursor(_))
+    ));
+}

@@ -167,6 +167,15 @@ pub async fn list_accounts<C: GenericClient + Sync>(
     now: Timestamp,
 ) -> PgResult<Page<AccountRecord>> {
     let after = page.starting_after.clone().unwrap_or_default();
+    // A cursor must name an account of the list, as for every other list.
+    if let Some(cursor) = &page.starting_after
+        && client
+            .query_opt("SELECT 1 FROM accounts WHERE id = $1", &[cursor])
+            .await?
+            .is_none()
+    {
+        return Err(StoreError::InvalidCursor(cursor.clone()).into());
+    }
     let rows = client
         .query(
             &format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id > $1 ORDER BY id LIMIT $2"),

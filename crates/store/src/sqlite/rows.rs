@@ -180,6 +180,16 @@ pub fn list_accounts(
     now: Timestamp,
 ) -> StoreResult<Page<AccountRecord>> {
     let after = page.starting_after.clone().unwrap_or_default();
+    // A cursor must name an account of the list, as for every other list.
+    if let Some(cursor) = &page.starting_after {
+        let exists: Option<i64> = connection
+            .prepare_cached("SELECT 1 FROM accounts WHERE id = ?1")?
+            .query_row(params![cursor], |row| row.get(0))
+            .optional()?;
+        if exists.is_none() {
+            return Err(StoreError::InvalidCursor(cursor.clone()));
+        }
+    }
     let mut statement = connection.prepare_cached(&format!(
         "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id > ?1 ORDER BY id LIMIT ?2"
     ))?;
