@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod decide;
 mod invariants;
 pub mod postgres;
 mod records;

@@ -9,11 +9,12 @@ use tollgate_core::hold::{HoldEvent, transition};
 use tollgate_core::ledger::check_debit;
 use tollgate_core::{
     AccountId, Actor, CycleAnchor, GrantCommand, HoldCommand, HoldStatus, IdempotencyKey, JournalTransaction,
-    Micros, NewAccount, PricingError, Quantity, SpendState, Timestamp, UsageCommand,
+    Micros, NewAccount, Quantity, SpendState, Timestamp, UsageCommand,
 };
 
 use super::PgResult;
 use super::rows::{self, StoredAccount};
+use crate::decide::{decide_usage, not_found, overflow, usage_record};
 use crate::{
     AccountRecord, AuditRecord, HoldRecord, Idempotent, StoreError, StoreResult, StoreRules, TransactionLine,
     UsageRecord, new_id,
@@ -25,24 +26,6 @@ pub struct Context<'a> {
     pub now: Timestamp,
     /// Price book, tier basis.
     pub rules: &'a StoreRules,
-}
-
-fn not_found(what: &'static str, id: impl ToString) -> StoreError {
-    StoreError::NotFound {
-        what,
-        id: id.to_string(),
-    }
-}
-
-fn overflow(_: tollgate_core::MoneyOverflow) -> StoreError {
-    StoreError::Overflow("balance")
-}
-
-fn pricing_error(error: PricingError) -> StoreError {
-    match error {
-        PricingError::UnknownAction(action) => StoreError::UnknownAction(action.to_string()),
-        PricingError::Overflow => StoreError::ChargeTooLarge,
-    }
 }
 
 pub async fn create_account<C: GenericClient + Sync>(
@@ -249,53 +232,27 @@ async fn record_usage<C: GenericClient + Sync>(
     account: &mut StoredAccount,
     usage: PricedUsage<'_>,
 ) -> PgResult<UsageRecord> {
-    let book = &context.rules.price_book;
-    let tier = account.record.spend.current_tier(book, context.rules.tier_basis);
-    let quote = book
-        .quote(usage.action, usage.quantity, tier, &account.record.plan)
-        .map_err(pricing_error)?;
-    let action_name = book
-        .action(usage.action)
-        .map(|spec| spec.name.clone())
-        .unwrap_or_default();
-    let (journal, hold_id) = match usage.journal_kind_for_hold {
-        None => {
-            check_debit(account.record.mode, account.record.balances, quote.amount)?;
-            (JournalTransaction::usage(&account.record.id, quote.amount), None)
-        }
-        Some((hold_id, held)) => {
-            if quote.amount > held {
-                return Err(StoreError::CaptureExceedsHold {
-                    held,
-                    cost: quote.amount,
-                }
-                .into());
-            }
-            (
-                JournalTransaction::hold_captured(&account.record.id, held, quote.amount)
-                    .map_err(overflow)?,
-                Some(hold_id),
-            )
-        }
-    };
+    let held = usage.journal_kind_for_hold.map(|(_, held)| held);
+    let hold_id = usage.journal_kind_for_hold.map(|(hold_id, _)| hold_id);
+    let decision = decide_usage(context.rules, &account.record, usage.action, usage.quantity, held)?;
     let line = append(
         client,
         context,
         account,
-        &journal,
+        &decision.journal,
         JournalWrite {
-            description: format!("{action_name} × {}", usage.quantity),
+            description: decision.description.clone(),
             reference: hold_id,
             idempotency: usage.idempotency,
         },
     )
     .await?;
+    let quote = &decision.quote;
     account
         .record
         .spend
         .record_charge(quote.amount, quote.savings)
         .map_err(overflow)?;
-    let tier_id = book.tier(quote.tier).id.clone();
     client
         .execute(
             "INSERT INTO usage_records (transaction_id, account_id, action, quantity, unit_price_micros, \
@@ -313,29 +270,14 @@ async fn record_usage<C: GenericClient + Sync>(
                 &quote.list_amount.get(),
                 &quote.savings.get(),
                 &quote.price_source.code(),
-                &tier_id.as_str(),
-                &book.version(),
+                &decision.tier.as_str(),
+                &context.rules.price_book.version(),
                 &hold_id,
                 &to_unix_micros(context.now),
             ],
         )
         .await?;
-    Ok(UsageRecord {
-        id: line.id,
-        account: account.record.id.clone(),
-        action: usage.action.clone(),
-        quantity: usage.quantity,
-        unit_price: quote.unit_price,
-        unit_list_price: quote.unit_list_price,
-        amount: quote.amount,
-        list_amount: quote.list_amount,
-        price_source: quote.price_source,
-        tier: tier_id,
-        price_book_version: book.version().to_owned(),
-        balances_after: line.balances_after,
-        hold_id: hold_id.map(str::to_owned),
-        created_at: context.now,
-    })
+    Ok(usage_record(context.rules, decision, line, hold_id, context.now))
 }
 
 /// Charges one usage event. The caller locked the account (alone, or with a batch's others).

@@ -7,37 +7,16 @@ use tollgate_core::hold::{HoldEvent, transition};
 use tollgate_core::ledger::check_debit;
 use tollgate_core::{
     AccountId, Actor, CycleAnchor, GrantCommand, HoldCommand, HoldStatus, IdempotencyKey, JournalTransaction,
-    Micros, NewAccount, PricingError, Quantity, SpendState, UsageCommand,
+    Micros, NewAccount, Quantity, SpendState, UsageCommand,
 };
 
 use super::rows::{self, StoredAccount};
 use super::writer::WriteContext;
+use crate::decide::{decide_usage, not_found, overflow, usage_record};
 use crate::{
-    AccountRecord, AuditRecord, HoldRecord, Idempotent, StoreError, StoreResult, TransactionLine, UsageRecord,
+    AccountRecord, AuditRecord, HoldRecord, Idempotent, StoreError, StoreResult, TransactionLine,
+    UsageRecord, new_id,
 };
-
-/// A new time-ordered id with a type prefix (`txn_…`, `hold_…`).
-pub fn new_id(prefix: &str) -> String {
-    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
-}
-
-fn not_found(what: &'static str, id: impl ToString) -> StoreError {
-    StoreError::NotFound {
-        what,
-        id: id.to_string(),
-    }
-}
-
-fn overflow(_: tollgate_core::MoneyOverflow) -> StoreError {
-    StoreError::Overflow("balance")
-}
-
-fn pricing_error(error: PricingError) -> StoreError {
-    match error {
-        PricingError::UnknownAction(action) => StoreError::UnknownAction(action.to_string()),
-        PricingError::Overflow => StoreError::ChargeTooLarge,
-    }
-}
 
 pub fn create_account(context: &WriteContext<'_>, account: &NewAccount) -> StoreResult<AccountRecord> {
     let connection = context.connection;
@@ -211,50 +190,25 @@ fn record_usage(
     account: &mut StoredAccount,
     usage: PricedUsage<'_>,
 ) -> StoreResult<UsageRecord> {
-    let book = &context.rules.price_book;
-    let tier = account.record.spend.current_tier(book, context.rules.tier_basis);
-    let quote = book
-        .quote(usage.action, usage.quantity, tier, &account.record.plan)
-        .map_err(pricing_error)?;
-    let action_name = book
-        .action(usage.action)
-        .map(|spec| spec.name.clone())
-        .unwrap_or_default();
-    let (journal, hold_id) = match usage.journal_kind_for_hold {
-        None => {
-            check_debit(account.record.mode, account.record.balances, quote.amount)?;
-            (JournalTransaction::usage(&account.record.id, quote.amount), None)
-        }
-        Some((hold_id, held)) => {
-            if quote.amount > held {
-                return Err(StoreError::CaptureExceedsHold {
-                    held,
-                    cost: quote.amount,
-                });
-            }
-            (
-                JournalTransaction::hold_captured(&account.record.id, held, quote.amount)
-                    .map_err(overflow)?,
-                Some(hold_id),
-            )
-        }
-    };
+    let held = usage.journal_kind_for_hold.map(|(_, held)| held);
+    let hold_id = usage.journal_kind_for_hold.map(|(hold_id, _)| hold_id);
+    let decision = decide_usage(context.rules, &account.record, usage.action, usage.quantity, held)?;
     let line = append(
         context,
         account,
-        &journal,
+        &decision.journal,
         JournalWrite {
-            description: format!("{action_name} × {}", usage.quantity),
+            description: decision.description.clone(),
             reference: hold_id,
             idempotency: usage.idempotency,
         },
     )?;
+    let quote = &decision.quote;
     account
         .record
         .spend
         .record_charge(quote.amount, quote.savings)
         .map_err(overflow)?;
-    let tier_id = book.tier(quote.tier).id.clone();
     context
         .connection
         .prepare_cached(
@@ -274,27 +228,12 @@ fn record_usage(
             quote.list_amount.get(),
             quote.savings.get(),
             quote.price_source.code(),
-            tier_id.as_str(),
-            book.version(),
+            decision.tier.as_str(),
+            context.rules.price_book.version(),
             hold_id,
             to_unix_micros(context.now),
         ])?;
-    Ok(UsageRecord {
-        id: line.id,
-        account: account.record.id.clone(),
-        action: usage.action.clone(),
-        quantity: usage.quantity,
-        unit_price: quote.unit_price,
-        unit_list_price: quote.unit_list_price,
-        amount: quote.amount,
-        list_amount: quote.list_amount,
-        price_source: quote.price_source,
-        tier: tier_id,
-        price_book_version: book.version().to_owned(),
-        balances_after: line.balances_after,
-        hold_id: hold_id.map(str::to_owned),
-        created_at: context.now,
-    })
+    Ok(usage_record(context.rules, decision, line, hold_id, context.now))
 }
 
 pub fn charge_usage(
