@@ -330,6 +330,20 @@ impl JournalTransaction {
         )
     }
 
+    /// Money taken back and then returned (a refund that failed, a dispute won):
+    /// refunds/disputes → available.
+    pub fn give_back(kind: TransactionKind, account: &AccountId, amount: Micros) -> JournalTransaction {
+        let book = match kind {
+            TransactionKind::Dispute => LedgerAccount::Disputes,
+            _ => LedgerAccount::Refunds,
+        };
+        JournalTransaction::new(
+            kind,
+            account,
+            vec![(book, LedgerAccount::Available(account.clone()), amount)],
+        )
+    }
+
     /// A hold: available → held.
     pub fn hold_placed(account: &AccountId, amount: Micros) -> JournalTransaction {
         JournalTransaction::new(

@@ -1,5 +1,5 @@
 //! Tollgate's pure domain: money, the price book and Spend & Save tiers,
-//! billing cycles, ledger rules and holds.
+//! billing cycles, ledger rules, holds and the Auto Top-Up policy.
 //!
 //! No IO, no async, no SQL, no serialisation: every function here is a
 //! deterministic computation over values, with the current time passed in.
@@ -14,7 +14,9 @@ pub mod hold;
 pub mod ids;
 pub mod ledger;
 pub mod money;
+pub mod payments;
 pub mod pricing;
+pub mod recharge;
 
 pub use clock::{Clock, ManualClock};
 pub use commands::{Actor, GrantCommand, HoldCommand, InvalidCommand, NewAccount, UsageCommand};
@@ -26,7 +28,17 @@ pub use ledger::{
     TransactionKind, Transfer,
 };
 pub use money::{Micros, MoneyOverflow, ParseMoneyError};
+pub use payments::{
+    DisputeStatus, InvalidRefund, InvalidTopupAmount, NewTopup, TopupAmount, TopupLimits, TopupOutcome,
+    TopupSource, TopupStatus,
+};
 pub use pricing::{
     AccountPlan, ActionSpec, ChargeQuote, DiscountPercent, PriceBook, PriceBookError, PriceSource,
     PricingError, TierBasis, TierIndex, TierSpec, UnitPrice,
+};
+pub use recharge::{
+    AutoRechargeSettings, FailureClass, InvalidRechargeSettings, RechargeBlocked, RechargeDecision,
+    RechargeOutcome, RechargeRule, RechargeRuleError, RechargeSettingsField, RechargeSettingsProblem,
+    RechargeStatus, classify_failure, classify_payment_failure, recharge_amount, recharge_decision,
+    recharge_idempotency_key, retry_delay_ms,
 };
