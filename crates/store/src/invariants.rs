@@ -67,6 +67,25 @@ pub(crate) struct AccountFacts {
     pub lifetime_savings: i64,
     pub cycle_spend: i64,
     pub cycle_usage: i64,
+    /// Flagged for attention: money taken back (refund, dispute) left it below its floor.
+    pub flagged: bool,
+}
+
+/// One top-up, its credit and its refunds.
+pub(crate) struct TopupFacts {
+    pub id: String,
+    pub status: String,
+    pub amount: i64,
+    /// The available-balance change of its credit transaction, if it has one.
+    pub credited_amount: Option<i64>,
+    /// `refunded_micros` as stored on the top-up.
+    pub refunded_recorded: i64,
+    /// Sum of its refunds that are not failed.
+    pub refunded_by_refunds: i64,
+    /// `disputed_micros` as stored on the top-up.
+    pub disputed_recorded: i64,
+    /// Sum of its disputes whose money was taken back and not returned.
+    pub disputed_by_disputes: i64,
 }
 
 /// Accumulates facts in the order: transfer sums, active holds, usage rows,
@@ -181,7 +200,7 @@ impl LedgerCheck {
         if account.billing_mode == "prepaid" && account.credit_limit != 0 {
             problems.push(format!("account {id}: a prepaid account has a credit limit"));
         }
-        if account.available + account.credit_limit < 0 {
+        if account.available + account.credit_limit < 0 && !account.flagged {
             problems.push(format!(
                 "account {id}: available balance {} is below its limit",
                 Micros::new(account.available)
@@ -208,6 +227,47 @@ impl LedgerCheck {
             ));
         }
         self.report.problems.extend(problems);
+    }
+
+    /// A top-up against its credit: credited exactly when succeeded, by exactly its amount,
+    /// and its refunded and disputed totals equal to its refunds' and disputes'.
+    pub fn topup(&mut self, topup: TopupFacts) {
+        let id = &topup.id;
+        match (topup.status.as_str(), topup.credited_amount) {
+            ("succeeded", Some(credited)) if credited == topup.amount => {}
+            ("succeeded", credited) => self.problem(format!(
+                "top-up {id}: succeeded for {} but credited {}",
+                Micros::new(topup.amount),
+                credited
+                    .map(Micros::new)
+                    .map_or("nothing".to_owned(), |amount| amount.to_string())
+            )),
+            (_, Some(_)) => self.problem(format!("top-up {id}: credited but {}", topup.status)),
+            (_, None) => {}
+        }
+        if topup.refunded_recorded != topup.refunded_by_refunds {
+            self.problem(format!(
+                "top-up {id}: refunded {} but its refunds sum to {}",
+                Micros::new(topup.refunded_recorded),
+                Micros::new(topup.refunded_by_refunds)
+            ));
+        }
+        if topup.disputed_recorded != topup.disputed_by_disputes {
+            self.problem(format!(
+                "top-up {id}: disputed {} but its disputes hold {}",
+                Micros::new(topup.disputed_recorded),
+                Micros::new(topup.disputed_by_disputes)
+            ));
+        }
+    }
+
+    /// Card credits in the journal against the top-ups that claim them: one each, no strays.
+    pub fn card_credits(&mut self, journal_credits: i64, credited_topups: i64) {
+        if journal_credits != credited_topups {
+            self.problem(format!(
+                "{journal_credits} card credits in the journal but {credited_topups} credited top-ups"
+            ));
+        }
     }
 
     /// The report, with entries of accounts that do not exist flagged.
@@ -257,6 +317,7 @@ mod tests {
             lifetime_savings: 0,
             cycle_spend: 30_000,
             cycle_usage: 30_000,
+            flagged: false,
         }
     }
 
@@ -290,6 +351,36 @@ mod tests {
         );
         assert!(report.is_clean(), "{:?}", report.problems);
         assert_eq!((report.accounts_checked, report.transactions_checked), (1, 2));
+    }
+
+    #[test]
+    fn top_ups_are_credited_once_and_their_totals_match() {
+        let facts =
+            |status: &str, credited: Option<i64>, refunded: (i64, i64), disputed: (i64, i64)| TopupFacts {
+                id: "top_1".to_owned(),
+                status: status.to_owned(),
+                amount: 100,
+                credited_amount: credited,
+                refunded_recorded: refunded.0,
+                refunded_by_refunds: refunded.1,
+                disputed_recorded: disputed.0,
+                disputed_by_disputes: disputed.1,
+            };
+        let problems = |topup: TopupFacts| {
+            let mut check = LedgerCheck::default();
+            check.topup(topup);
+            check.finish().problems
+        };
+        assert!(problems(facts("succeeded", Some(100), (30, 30), (60, 60))).is_empty());
+        assert!(problems(facts("pending", None, (0, 0), (0, 0))).is_empty());
+        assert!(problems(facts("succeeded", None, (0, 0), (0, 0)))[0].contains("credited nothing"));
+        assert!(problems(facts("succeeded", Some(50), (0, 0), (0, 0)))[0].contains("credited"));
+        assert!(problems(facts("failed", Some(100), (0, 0), (0, 0)))[0].contains("credited but failed"));
+        assert!(problems(facts("succeeded", Some(100), (30, 20), (0, 0)))[0].contains("refunds sum"));
+        assert!(problems(facts("succeeded", Some(100), (0, 0), (15, 0)))[0].contains("disputes hold"));
+        let mut credits = LedgerCheck::default();
+        credits.card_credits(2, 1);
+        assert_eq!(credits.finish().problems.len(), 1);
     }
 
     #[test]

@@ -10,6 +10,8 @@
 
 mod decide;
 mod invariants;
+mod payments;
+mod portal;
 pub mod postgres;
 mod records;
 pub mod sqlite;
@@ -19,14 +21,30 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tollgate_core::{
-    AccountId, Clock, GrantCommand, HoldCommand, HoldStatus, InsufficientFunds, Micros, NewAccount,
-    PriceBook, Quantity, TierBasis, Timestamp, UsageCommand,
+    AccountId, Actor, Clock, GrantCommand, HoldCommand, HoldStatus, InsufficientFunds, InvalidRefund, Micros,
+    NewAccount, NewTopup, PriceBook, Quantity, TierBasis, Timestamp, TopupOutcome, UsageCommand,
 };
 
+pub use portal::{NewPortalSession, PORTAL_CLEANUP_BATCH, PortalSessionRecord};
 pub use records::{
-    AccountRecord, ApiKeyRecord, AuditRecord, HoldRecord, Idempotent, LedgerReport, MAX_PAGE_SIZE, Page,
-    PageRequest, TransactionLine, UsageRecord,
+    AccountRecord, ApiKeyRecord, AuditRecord, CardRecord, CardSetupResult, DisputeApplied, DisputeNews,
+    HoldRecord, Idempotent, LedgerReport, MAX_PAGE_SIZE, Page, PageRequest, PaymentProfile, RefundRecord,
+    RefundRequest, RefundState, TopupRecord, TransactionLine, UsageRecord,
 };
+
+/// Largest number of open top-ups one recovery pass looks at.
+pub const MAX_RECOVERY_BATCH: usize = 100;
+
+/// How a top-up is found from what the processor tells.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TopupReference {
+    /// By the hosted page session (`cs_…`).
+    CheckoutSession(String),
+    /// By the processor's payment (`pi_…`).
+    Payment(String),
+    /// By the processor's charge (`ch_…`).
+    Charge(String),
+}
 
 /// Largest number of usage events in one batch.
 pub const MAX_BATCH_EVENTS: usize = 1_000;
@@ -80,6 +98,12 @@ pub enum StoreError {
     /// Too many events in a batch.
     #[error("a batch holds at most {MAX_BATCH_EVENTS} events")]
     BatchTooLarge,
+    /// The refund cannot be made.
+    #[error(transparent)]
+    InvalidRefund(#[from] InvalidRefund),
+    /// The processor's news contradicts what is stored (another payment for the same top-up, …).
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// The database failed; nothing was written.
     #[error("database error: {0}")]
     Database(String),
@@ -145,6 +169,87 @@ pub trait Store: Send + Sync + 'static {
     async fn audit_log(&self, page: PageRequest) -> StoreResult<Page<AuditRecord>>;
     /// Succeeds when the database answers.
     async fn health(&self) -> StoreResult<()>;
+
+    /// The account's processor customer and default card.
+    async fn payment_profile(&self, account: &AccountId) -> StoreResult<PaymentProfile>;
+    /// Records the account's processor customer unless one is recorded already; returns the
+    /// one that is recorded (so racing creators agree on one).
+    async fn set_processor_customer(&self, account: &AccountId, customer: &str) -> StoreResult<String>;
+    /// Records a hosted card-setup session opened for the account.
+    async fn record_card_setup(&self, account: &AccountId, session: &str) -> StoreResult<()>;
+    /// Makes `card` the account's card, once per setup session; the replaced card is returned
+    /// for detaching.
+    async fn complete_card_setup(
+        &self,
+        session: &str,
+        card: CardRecord,
+        actor: Actor,
+    ) -> StoreResult<CardSetupResult>;
+    /// Makes a card confirmed on a hosted payment page the account's card (when it is new).
+    async fn adopt_card(
+        &self,
+        account: &AccountId,
+        card: CardRecord,
+        actor: Actor,
+    ) -> StoreResult<CardSetupResult>;
+    /// Removes the account's card (if any) and returns it.
+    async fn remove_card(&self, account: &AccountId, actor: Actor) -> StoreResult<Option<CardRecord>>;
+    /// Records a top-up (pending) once per idempotency key, before anything is sent to the processor.
+    async fn create_topup(&self, topup: NewTopup) -> StoreResult<Idempotent<TopupRecord>>;
+    /// Records the processor's ids for a top-up; each may be set once.
+    async fn link_topup(
+        &self,
+        topup_id: &str,
+        checkout_session: Option<String>,
+        payment_reference: Option<String>,
+    ) -> StoreResult<TopupRecord>;
+    /// Applies what the processor says happened; a success credits the balance exactly once,
+    /// whichever of the return, the webhook or a recovery pass reports it first.
+    async fn settle_topup(&self, topup_id: &str, outcome: TopupOutcome) -> StoreResult<TopupRecord>;
+    /// One top-up.
+    async fn topup(&self, topup_id: &str) -> StoreResult<TopupRecord>;
+    /// The top-up the processor's id belongs to, if any.
+    async fn find_topup(&self, reference: TopupReference) -> StoreResult<Option<TopupRecord>>;
+    /// An account's top-ups, newest first.
+    async fn list_topups(&self, account: &AccountId, page: PageRequest) -> StoreResult<Page<TopupRecord>>;
+    /// Top-ups whose outcome is still open and that were created before `created_before`,
+    /// oldest first (at most `limit`, itself at most [`MAX_RECOVERY_BATCH`]).
+    async fn open_topups(&self, created_before: Timestamp, limit: usize) -> StoreResult<Vec<TopupRecord>>;
+    /// Takes a refund back from the balance (pending until the processor confirms), once per key.
+    async fn begin_refund(&self, request: RefundRequest) -> StoreResult<Idempotent<RefundRecord>>;
+    /// Applies the processor's answer to a pending refund: `Ok(refund id)` confirms it,
+    /// `Err(reason)` gives the money back to the balance.
+    async fn finish_refund(
+        &self,
+        refund_id: &str,
+        outcome: Result<String, String>,
+    ) -> StoreResult<RefundRecord>;
+    /// Brings a top-up's refunded total up to what the processor reports (refunds made in the
+    /// processor's dashboard); returns the refund recorded for the difference, if any.
+    async fn reconcile_refunded(
+        &self,
+        reference: TopupReference,
+        total_refunded: Micros,
+    ) -> StoreResult<Option<RefundRecord>>;
+    /// Applies dispute news; `None` when no top-up matches the disputed payment.
+    async fn apply_dispute(&self, news: DisputeNews) -> StoreResult<Option<DisputeApplied>>;
+    /// Records a processor webhook event as applied; false when it was recorded before.
+    async fn record_processor_event(&self, event_id: &str, event_type: &str) -> StoreResult<bool>;
+
+    /// Records a billing page link (by its token's hash), removing a bounded batch of
+    /// expired links and sessions on the way.
+    async fn create_portal_session(&self, session: NewPortalSession) -> StoreResult<()>;
+    /// Redeems the link with this token hash, once and only before it expires: it
+    /// becomes the session with `session_hash` until `session_expires_at`. `None` when
+    /// the link is unknown, used already or expired.
+    async fn redeem_portal_link(
+        &self,
+        link_hash: &str,
+        session_hash: &str,
+        session_expires_at: Timestamp,
+    ) -> StoreResult<Option<PortalSessionRecord>>;
+    /// The live (redeemed, unexpired) session with this secret's hash.
+    async fn portal_session(&self, session_hash: &str) -> StoreResult<Option<PortalSessionRecord>>;
 }
 
 /// A shared, dynamically chosen store.

@@ -1,8 +1,9 @@
 //! What the store returns: plain records of stored state.
 
 use tollgate_core::{
-    AccountId, AccountPlan, ActionId, Balances, BillingMode, CycleAnchor, HoldStatus, Micros, PriceSource,
-    Quantity, SpendState, TierId, Timestamp, TransactionKind,
+    AccountId, AccountPlan, ActionId, Actor, Balances, BillingMode, CycleAnchor, DisputeStatus, HoldStatus,
+    IdempotencyKey, Micros, PriceSource, Quantity, SpendState, TierId, Timestamp, TopupSource, TopupStatus,
+    TransactionKind,
 };
 
 /// Largest page a list may return.
@@ -210,4 +211,194 @@ pub struct Page<T> {
     pub data: Vec<T>,
     /// True when more items follow.
     pub has_more: bool,
+}
+
+/// A saved card as the processor described it when it was confirmed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CardRecord {
+    /// The processor's id for the card (`pm_…`).
+    pub processor_id: String,
+    /// `visa`, `mastercard`, …
+    pub brand: String,
+    /// Last four digits.
+    pub last4: String,
+    /// Expiry month, 1–12.
+    pub exp_month: u8,
+    /// Expiry year, four digits.
+    pub exp_year: u16,
+    /// When it became the account's card.
+    pub added_at: Timestamp,
+}
+
+/// An account's link to the card processor: its customer and its one default card.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PaymentProfile {
+    /// The processor's customer (`cus_…`), once created.
+    pub processor_customer: Option<String>,
+    /// The default card, if one is saved.
+    pub card: Option<CardRecord>,
+}
+
+/// What confirming a card setup changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CardSetupResult {
+    /// False when this setup was confirmed before (a replayed return or webhook): nothing changed.
+    pub applied: bool,
+    /// The card it replaced, to detach from the processor's customer.
+    pub replaced: Option<CardRecord>,
+    /// The account's card now.
+    pub card: Option<CardRecord>,
+}
+
+/// A top-up: one payment into the balance, and what became of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopupRecord {
+    /// `top_…`.
+    pub id: String,
+    /// Whose balance.
+    pub account: AccountId,
+    /// Amount to pay, whole cents.
+    pub amount: Micros,
+    /// Saved card, hosted page or auto top-up.
+    pub source: TopupSource,
+    /// Where it stands.
+    pub status: TopupStatus,
+    /// The key it was created under.
+    pub idempotency_key: String,
+    /// The hosted page session, for hosted-page top-ups.
+    pub checkout_session: Option<String>,
+    /// The processor's payment (`pi_…`).
+    pub payment_reference: Option<String>,
+    /// The processor's charge (`ch_…`), which refunds and disputes name.
+    pub charge_reference: Option<String>,
+    /// Brand of the card paid with.
+    pub card_brand: Option<String>,
+    /// Last four digits of the card paid with.
+    pub card_last4: Option<String>,
+    /// Why it failed (`card_declined`, …).
+    pub failure_code: Option<String>,
+    /// The processor's message about the failure.
+    pub failure_message: Option<String>,
+    /// The journal transaction that credited it (set exactly when succeeded).
+    pub credited_transaction: Option<String>,
+    /// Balances right after the credit.
+    pub balances_after_credit: Option<Balances>,
+    /// Total taken back by refunds (pending ones included).
+    pub refunded: Micros,
+    /// Total taken back by open or lost disputes.
+    pub disputed: Micros,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it last changed.
+    pub updated_at: Timestamp,
+    /// When it was credited.
+    pub succeeded_at: Option<Timestamp>,
+}
+
+/// A request to refund (part of) a paid top-up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefundRequest {
+    /// The top-up.
+    pub topup_id: String,
+    /// Whole cents; `None` refunds everything that is left.
+    pub amount: Option<Micros>,
+    /// Why, for the journal and the audit log.
+    pub reason: String,
+    /// Makes the refund happen at most once.
+    pub idempotency_key: IdempotencyKey,
+    /// Who asked.
+    pub actor: Actor,
+}
+
+impl RefundRequest {
+    /// Canonical request identity for idempotent replays.
+    pub fn fingerprint(&self) -> String {
+        format!(
+            "refund\u{1f}{}\u{1f}{}",
+            self.amount
+                .map(|amount| amount.get().to_string())
+                .unwrap_or_default(),
+            self.reason
+        )
+    }
+}
+
+/// Where a refund stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefundState {
+    /// Taken from the balance; the processor has not confirmed yet.
+    Pending,
+    /// The processor confirmed it.
+    Succeeded,
+    /// The processor refused it; the balance was given back.
+    Failed,
+}
+
+impl RefundState {
+    /// Stable snake_case code.
+    pub const fn code(self) -> &'static str {
+        match self {
+            RefundState::Pending => "pending",
+            RefundState::Succeeded => "succeeded",
+            RefundState::Failed => "failed",
+        }
+    }
+
+    /// Parses [`RefundState::code`].
+    pub fn parse(code: &str) -> Option<RefundState> {
+        [RefundState::Pending, RefundState::Succeeded, RefundState::Failed]
+            .into_iter()
+            .find(|state| state.code() == code)
+    }
+}
+
+/// A refund of a top-up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefundRecord {
+    /// `ref_…`.
+    pub id: String,
+    /// The refunded top-up.
+    pub topup_id: String,
+    /// Whose balance.
+    pub account: AccountId,
+    /// Amount refunded.
+    pub amount: Micros,
+    /// Pending, succeeded or failed.
+    pub state: RefundState,
+    /// The processor's refund (`re_…`), once known.
+    pub processor_refund: Option<String>,
+    /// Why.
+    pub reason: String,
+    /// The key it was created under (`None` for refunds made in the processor's dashboard).
+    pub idempotency_key: Option<String>,
+    /// The journal transaction that took the money back.
+    pub taken_transaction: String,
+    /// Balances right after the money was taken back.
+    pub balances_after: Balances,
+    /// When.
+    pub created_at: Timestamp,
+}
+
+/// News about a card dispute (chargeback) on a top-up's payment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DisputeNews {
+    /// The processor's dispute id.
+    pub dispute: String,
+    /// The disputed payment.
+    pub payment_reference: Option<String>,
+    /// The disputed charge.
+    pub charge_reference: String,
+    /// The disputed amount.
+    pub amount: Micros,
+    /// Open, won or lost.
+    pub status: DisputeStatus,
+}
+
+/// What applying dispute news did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DisputeApplied {
+    /// The top-up disputed.
+    pub topup: TopupRecord,
+    /// The journal line written, if money moved.
+    pub line: Option<TransactionLine>,
 }

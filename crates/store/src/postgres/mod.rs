@@ -13,6 +13,8 @@
 //! transaction), so PgBouncer in transaction mode works.
 
 mod ops;
+mod payments;
+mod portal;
 mod rows;
 mod verify;
 
@@ -23,12 +25,15 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{IsolationLevel, NoTls};
 use tollgate_core::{
-    AccountId, GrantCommand, HoldCommand, InsufficientFunds, Micros, NewAccount, Quantity, UsageCommand,
+    AccountId, Actor, GrantCommand, HoldCommand, InsufficientFunds, Micros, NewAccount, NewTopup, Quantity,
+    Timestamp, TopupOutcome, UsageCommand,
 };
 
 use crate::{
-    AccountRecord, ApiKeyRecord, AuditRecord, HoldRecord, Idempotent, LedgerReport, MAX_BATCH_EVENTS, Page,
-    PageRequest, Store, StoreError, StoreResult, StoreRules, TransactionLine, UsageRecord,
+    AccountRecord, ApiKeyRecord, AuditRecord, CardRecord, CardSetupResult, DisputeApplied, DisputeNews,
+    HoldRecord, Idempotent, LedgerReport, MAX_BATCH_EVENTS, Page, PageRequest, PaymentProfile, RefundRecord,
+    RefundRequest, Store, StoreError, StoreResult, StoreRules, TopupRecord, TopupReference, TransactionLine,
+    UsageRecord,
 };
 
 mod embedded {
@@ -145,6 +150,18 @@ pub async fn migrate(url: &str) -> StoreResult<()> {
         tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
     }
     Err(StoreError::Database(format!("migration failed: {last}")))
+}
+
+/// A fingerprint of every embedded migration (names, versions and SQL): equal
+/// fingerprints mean the same schema. Tests name their template database by it.
+pub(crate) fn migrations_fingerprint() -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for migration in embedded::migrations::runner().get_migrations() {
+        for byte in migration.checksum().to_le_bytes() {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    hash
 }
 
 /// The PostgreSQL implementation of [`Store`].
@@ -477,5 +494,177 @@ impl Store for PgStore {
             PgResult::Ok(())
         }
         .await)
+    }
+
+    async fn payment_profile(&self, account: &AccountId) -> StoreResult<PaymentProfile> {
+        read!(self, |tx, _context| payments::payment_profile(&tx, account).await)
+    }
+
+    async fn set_processor_customer(&self, account: &AccountId, customer: &str) -> StoreResult<String> {
+        transaction!(self, |tx, context| payments::set_processor_customer(
+            &tx, &context, account, customer
+        )
+        .await)
+    }
+
+    async fn record_card_setup(&self, account: &AccountId, session: &str) -> StoreResult<()> {
+        transaction!(self, |tx, context| payments::record_card_setup(
+            &tx, &context, account, session
+        )
+        .await)
+    }
+
+    async fn complete_card_setup(
+        &self,
+        session: &str,
+        card: CardRecord,
+        actor: Actor,
+    ) -> StoreResult<CardSetupResult> {
+        transaction!(self, |tx, context| payments::complete_card_setup(
+            &tx, &context, session, &card, &actor
+        )
+        .await)
+    }
+
+    async fn adopt_card(
+        &self,
+        account: &AccountId,
+        card: CardRecord,
+        actor: Actor,
+    ) -> StoreResult<CardSetupResult> {
+        transaction!(self, |tx, context| payments::adopt_card(
+            &tx, &context, account, &card, &actor
+        )
+        .await)
+    }
+
+    async fn remove_card(&self, account: &AccountId, actor: Actor) -> StoreResult<Option<CardRecord>> {
+        transaction!(self, |tx, context| payments::remove_card(
+            &tx, &context, account, &actor
+        )
+        .await)
+    }
+
+    async fn create_topup(&self, topup: NewTopup) -> StoreResult<Idempotent<TopupRecord>> {
+        transaction!(self, |tx, context| payments::create_topup(&tx, &context, &topup)
+            .await)
+    }
+
+    async fn link_topup(
+        &self,
+        topup_id: &str,
+        checkout_session: Option<String>,
+        payment_reference: Option<String>,
+    ) -> StoreResult<TopupRecord> {
+        let (checkout_session, payment_reference) =
+            (checkout_session.as_deref(), payment_reference.as_deref());
+        transaction!(self, |tx, context| payments::link_topup(
+            &tx,
+            &context,
+            topup_id,
+            checkout_session,
+            payment_reference
+        )
+        .await)
+    }
+
+    async fn settle_topup(&self, topup_id: &str, outcome: TopupOutcome) -> StoreResult<TopupRecord> {
+        transaction!(self, |tx, context| payments::settle_topup(
+            &tx, &context, topup_id, &outcome
+        )
+        .await)
+    }
+
+    async fn topup(&self, topup_id: &str) -> StoreResult<TopupRecord> {
+        read!(self, |tx, _context| payments::load_topup(&tx, topup_id).await)
+    }
+
+    async fn find_topup(&self, reference: TopupReference) -> StoreResult<Option<TopupRecord>> {
+        read!(self, |tx, _context| payments::find_topup(&tx, &reference).await)
+    }
+
+    async fn list_topups(&self, account: &AccountId, page: PageRequest) -> StoreResult<Page<TopupRecord>> {
+        read!(self, |tx, _context| payments::list_topups(&tx, account, &page)
+            .await)
+    }
+
+    async fn open_topups(&self, created_before: Timestamp, limit: usize) -> StoreResult<Vec<TopupRecord>> {
+        read!(self, |tx, _context| payments::open_topups(
+            &tx,
+            created_before,
+            limit
+        )
+        .await)
+    }
+
+    async fn begin_refund(&self, request: RefundRequest) -> StoreResult<Idempotent<RefundRecord>> {
+        transaction!(self, |tx, context| payments::begin_refund(
+            &tx, &context, &request
+        )
+        .await)
+    }
+
+    async fn finish_refund(
+        &self,
+        refund_id: &str,
+        outcome: Result<String, String>,
+    ) -> StoreResult<RefundRecord> {
+        transaction!(self, |tx, context| payments::finish_refund(
+            &tx, &context, refund_id, &outcome
+        )
+        .await)
+    }
+
+    async fn reconcile_refunded(
+        &self,
+        reference: TopupReference,
+        total_refunded: Micros,
+    ) -> StoreResult<Option<RefundRecord>> {
+        transaction!(self, |tx, context| payments::reconcile_refunded(
+            &tx,
+            &context,
+            &reference,
+            total_refunded
+        )
+        .await)
+    }
+
+    async fn apply_dispute(&self, news: DisputeNews) -> StoreResult<Option<DisputeApplied>> {
+        transaction!(self, |tx, context| payments::apply_dispute(&tx, &context, &news)
+            .await)
+    }
+
+    async fn record_processor_event(&self, event_id: &str, event_type: &str) -> StoreResult<bool> {
+        transaction!(self, |tx, context| payments::record_processor_event(
+            &tx, &context, event_id, event_type
+        )
+        .await)
+    }
+
+    async fn create_portal_session(&self, session: crate::NewPortalSession) -> StoreResult<()> {
+        let session = &session;
+        transaction!(self, |tx, context| portal::create_portal_session(&tx, &context, session)
+            .await)
+    }
+
+    async fn redeem_portal_link(
+        &self,
+        link_hash: &str,
+        session_hash: &str,
+        session_expires_at: Timestamp,
+    ) -> StoreResult<Option<crate::PortalSessionRecord>> {
+        transaction!(self, |tx, context| portal::redeem_portal_link(
+            &tx,
+            &context,
+            link_hash,
+            session_hash,
+            session_expires_at
+        )
+        .await)
+    }
+
+    async fn portal_session(&self, session_hash: &str) -> StoreResult<Option<crate::PortalSessionRecord>> {
+        read!(self, |tx, context| portal::portal_session(&tx, &context, session_hash)
+            .await)
     }
 }

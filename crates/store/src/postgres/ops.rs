@@ -89,7 +89,7 @@ async fn load<C: GenericClient + Sync>(
 
 /// Loads an account for writing, releasing its holds whose time ran out first.
 /// The caller holds the account's row lock.
-async fn load_for_write<C: GenericClient + Sync>(
+pub(super) async fn load_for_write<C: GenericClient + Sync>(
     client: &C,
     context: &Context<'_>,
     id: &AccountId,
@@ -139,15 +139,15 @@ async fn replayed_transaction<C: GenericClient + Sync>(
     }
 }
 
-struct JournalWrite<'a> {
-    description: String,
-    reference: Option<&'a str>,
-    idempotency: Option<(&'a IdempotencyKey, String)>,
+pub(super) struct JournalWrite<'a> {
+    pub description: String,
+    pub reference: Option<&'a str>,
+    pub idempotency: Option<(&'a IdempotencyKey, String)>,
 }
 
 /// Appends a journal transaction and its transfers, and moves the account's
 /// balances by what the transfers say. The caller saves the account.
-async fn append<C: GenericClient + Sync>(
+pub(super) async fn append<C: GenericClient + Sync>(
     client: &C,
     context: &Context<'_>,
     account: &mut StoredAccount,
@@ -373,7 +373,7 @@ pub async fn grant<C: GenericClient + Sync>(
     })
 }
 
-async fn audit<C: GenericClient + Sync>(
+pub(super) async fn audit<C: GenericClient + Sync>(
     client: &C,
     context: &Context<'_>,
     actor: &Actor,

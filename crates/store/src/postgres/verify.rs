@@ -5,7 +5,7 @@ use tokio_postgres::Transaction;
 
 use super::PgResult;
 use crate::LedgerReport;
-use crate::invariants::{AccountFacts, JournalFacts, LedgerCheck, UsageFacts};
+use crate::invariants::{AccountFacts, JournalFacts, LedgerCheck, TopupFacts, UsageFacts};
 
 /// Checks every invariant; problems are collected, never fixed.
 pub async fn verify(tx: &Transaction<'_>) -> PgResult<LedgerReport> {
@@ -91,7 +91,8 @@ pub async fn verify(tx: &Transaction<'_>) -> PgResult<LedgerReport> {
             "SELECT a.id, a.billing_mode, a.credit_limit_micros, a.available_micros, a.held_micros, \
                     a.journal_sequence, a.lifetime_spend_micros, a.lifetime_savings_micros, a.cycle_spend_micros, \
                     CAST((SELECT COALESCE(SUM(u.amount_micros), 0) FROM usage_records u \
-                          WHERE u.account_id = a.id AND u.created_at >= a.cycle_start) AS BIGINT) \
+                          WHERE u.account_id = a.id AND u.created_at >= a.cycle_start) AS BIGINT), \
+                    a.attention_since IS NOT NULL \
              FROM accounts a",
             &[],
         )
@@ -108,7 +109,44 @@ pub async fn verify(tx: &Transaction<'_>) -> PgResult<LedgerReport> {
             lifetime_savings: row.try_get(7)?,
             cycle_spend: row.try_get(8)?,
             cycle_usage: row.try_get(9)?,
+            flagged: row.try_get(10)?,
         });
     }
+    for row in tx
+        .query(
+            "SELECT t.id, t.status, t.amount_micros, j.available_amount_micros, t.refunded_micros, \
+                    CAST((SELECT COALESCE(SUM(r.amount_micros), 0) FROM topup_refunds r \
+                          WHERE r.topup_id = t.id AND r.state <> 'failed') AS BIGINT), \
+                    t.disputed_micros, \
+                    CAST((SELECT COALESCE(SUM(COALESCE(-taken.available_amount_micros, 0) \
+                                              - COALESCE(returned.available_amount_micros, 0)), 0) \
+                          FROM topup_disputes d \
+                          LEFT JOIN journal_transactions taken ON taken.id = d.taken_transaction_id \
+                          LEFT JOIN journal_transactions returned ON returned.id = d.returned_transaction_id \
+                          WHERE d.topup_id = t.id) AS BIGINT) \
+             FROM topups t LEFT JOIN journal_transactions j ON j.id = t.credited_transaction_id",
+            &[],
+        )
+        .await?
+    {
+        check.topup(TopupFacts {
+            id: row.try_get(0)?,
+            status: row.try_get(1)?,
+            amount: row.try_get(2)?,
+            credited_amount: row.try_get(3)?,
+            refunded_recorded: row.try_get(4)?,
+            refunded_by_refunds: row.try_get(5)?,
+            disputed_recorded: row.try_get(6)?,
+            disputed_by_disputes: row.try_get(7)?,
+        });
+    }
+    let credits = tx
+        .query_one(
+            "SELECT (SELECT COUNT(*) FROM journal_transactions WHERE kind IN ('topup', 'auto_recharge')), \
+                    (SELECT COUNT(*) FROM topups WHERE credited_transaction_id IS NOT NULL)",
+            &[],
+        )
+        .await?;
+    check.card_credits(credits.try_get(0)?, credits.try_get(1)?);
     Ok(check.finish())
 }

@@ -2,6 +2,8 @@
 //! writer thread that group-commits, and a small pool of read connections.
 
 mod ops;
+mod payments;
+mod portal;
 mod rows;
 mod verify;
 mod writer;
@@ -13,13 +15,15 @@ use async_trait::async_trait;
 use rusqlite::Connection;
 use tokio::sync::Semaphore;
 use tollgate_core::{
-    AccountId, GrantCommand, HoldCommand, Micros, NewAccount, Quantity, Timestamp, UsageCommand,
+    AccountId, Actor, GrantCommand, HoldCommand, Micros, NewAccount, NewTopup, Quantity, Timestamp,
+    TopupOutcome, UsageCommand,
 };
 
 pub use crate::StoreRules;
 use crate::{
-    AccountRecord, ApiKeyRecord, AuditRecord, HoldRecord, Idempotent, LedgerReport, MAX_BATCH_EVENTS, Page,
-    PageRequest, Store, StoreError, StoreResult, TransactionLine, UsageRecord,
+    AccountRecord, ApiKeyRecord, AuditRecord, CardRecord, CardSetupResult, DisputeApplied, DisputeNews,
+    HoldRecord, Idempotent, LedgerReport, MAX_BATCH_EVENTS, Page, PageRequest, PaymentProfile, RefundRecord,
+    RefundRequest, Store, StoreError, StoreResult, TopupRecord, TopupReference, TransactionLine, UsageRecord,
 };
 pub use writer::{MAX_JOBS_PER_COMMIT, WRITER_QUEUE_CAPACITY};
 
@@ -63,9 +67,21 @@ fn open_connection(path: &Path) -> StoreResult<Connection> {
 /// Applies pending migrations to the SQLite file at `path` (created if missing).
 pub fn migrate(path: &Path) -> StoreResult<()> {
     let mut connection = open_connection(path)?;
+    // Rebuilding a table (SQLite's only way to change a constraint) needs foreign keys off
+    // for the migration's connection; they are checked in full right after.
+    connection.execute_batch("PRAGMA foreign_keys = OFF;")?;
     embedded::migrations::runner()
         .run(&mut connection)
         .map_err(|error| StoreError::Database(format!("migration failed: {error}")))?;
+    let violations: i64 =
+        connection.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |row| {
+            row.get(0)
+        })?;
+    if violations > 0 {
+        return Err(StoreError::Database(format!(
+            "migration left {violations} rows referring to missing rows"
+        )));
+    }
     Ok(())
 }
 
@@ -310,5 +326,176 @@ impl Store for SqliteStore {
             Ok(())
         })
         .await
+    }
+
+    async fn payment_profile(&self, account: &AccountId) -> StoreResult<PaymentProfile> {
+        let account = account.clone();
+        self.read(move |connection, _, _| payments::payment_profile(connection, &account))
+            .await
+    }
+
+    async fn set_processor_customer(&self, account: &AccountId, customer: &str) -> StoreResult<String> {
+        let (account, customer) = (account.clone(), customer.to_owned());
+        self.writer
+            .write(move |context| payments::set_processor_customer(context, &account, &customer))
+            .await
+    }
+
+    async fn record_card_setup(&self, account: &AccountId, session: &str) -> StoreResult<()> {
+        let (account, session) = (account.clone(), session.to_owned());
+        self.writer
+            .write(move |context| payments::record_card_setup(context, &account, &session))
+            .await
+    }
+
+    async fn complete_card_setup(
+        &self,
+        session: &str,
+        card: CardRecord,
+        actor: Actor,
+    ) -> StoreResult<CardSetupResult> {
+        let session = session.to_owned();
+        self.writer
+            .write(move |context| payments::complete_card_setup(context, &session, &card, &actor))
+            .await
+    }
+
+    async fn adopt_card(
+        &self,
+        account: &AccountId,
+        card: CardRecord,
+        actor: Actor,
+    ) -> StoreResult<CardSetupResult> {
+        let account = account.clone();
+        self.writer
+            .write(move |context| payments::adopt_card(context, &account, &card, &actor))
+            .await
+    }
+
+    async fn remove_card(&self, account: &AccountId, actor: Actor) -> StoreResult<Option<CardRecord>> {
+        let account = account.clone();
+        self.writer
+            .write(move |context| payments::remove_card(context, &account, &actor))
+            .await
+    }
+
+    async fn create_topup(&self, topup: NewTopup) -> StoreResult<Idempotent<TopupRecord>> {
+        self.writer
+            .write(move |context| payments::create_topup(context, &topup))
+            .await
+    }
+
+    async fn link_topup(
+        &self,
+        topup_id: &str,
+        checkout_session: Option<String>,
+        payment_reference: Option<String>,
+    ) -> StoreResult<TopupRecord> {
+        let topup_id = topup_id.to_owned();
+        self.writer
+            .write(move |context| {
+                payments::link_topup(
+                    context,
+                    &topup_id,
+                    checkout_session.as_deref(),
+                    payment_reference.as_deref(),
+                )
+            })
+            .await
+    }
+
+    async fn settle_topup(&self, topup_id: &str, outcome: TopupOutcome) -> StoreResult<TopupRecord> {
+        let topup_id = topup_id.to_owned();
+        self.writer
+            .write(move |context| payments::settle_topup(context, &topup_id, &outcome))
+            .await
+    }
+
+    async fn topup(&self, topup_id: &str) -> StoreResult<TopupRecord> {
+        let topup_id = topup_id.to_owned();
+        self.read(move |connection, _, _| payments::load_topup(connection, &topup_id))
+            .await
+    }
+
+    async fn find_topup(&self, reference: TopupReference) -> StoreResult<Option<TopupRecord>> {
+        self.read(move |connection, _, _| payments::find_topup(connection, &reference))
+            .await
+    }
+
+    async fn list_topups(&self, account: &AccountId, page: PageRequest) -> StoreResult<Page<TopupRecord>> {
+        let account = account.clone();
+        self.read(move |connection, _, _| payments::list_topups(connection, &account, &page))
+            .await
+    }
+
+    async fn open_topups(&self, created_before: Timestamp, limit: usize) -> StoreResult<Vec<TopupRecord>> {
+        self.read(move |connection, _, _| payments::open_topups(connection, created_before, limit))
+            .await
+    }
+
+    async fn begin_refund(&self, request: RefundRequest) -> StoreResult<Idempotent<RefundRecord>> {
+        self.writer
+            .write(move |context| payments::begin_refund(context, &request))
+            .await
+    }
+
+    async fn finish_refund(
+        &self,
+        refund_id: &str,
+        outcome: Result<String, String>,
+    ) -> StoreResult<RefundRecord> {
+        let refund_id = refund_id.to_owned();
+        self.writer
+            .write(move |context| payments::finish_refund(context, &refund_id, &outcome))
+            .await
+    }
+
+    async fn reconcile_refunded(
+        &self,
+        reference: TopupReference,
+        total_refunded: Micros,
+    ) -> StoreResult<Option<RefundRecord>> {
+        self.writer
+            .write(move |context| payments::reconcile_refunded(context, &reference, total_refunded))
+            .await
+    }
+
+    async fn apply_dispute(&self, news: DisputeNews) -> StoreResult<Option<DisputeApplied>> {
+        self.writer
+            .write(move |context| payments::apply_dispute(context, &news))
+            .await
+    }
+
+    async fn record_processor_event(&self, event_id: &str, event_type: &str) -> StoreResult<bool> {
+        let (event_id, event_type) = (event_id.to_owned(), event_type.to_owned());
+        self.writer
+            .write(move |context| payments::record_processor_event(context, &event_id, &event_type))
+            .await
+    }
+
+    async fn create_portal_session(&self, session: crate::NewPortalSession) -> StoreResult<()> {
+        self.writer
+            .write(move |context| portal::create_portal_session(context, &session))
+            .await
+    }
+
+    async fn redeem_portal_link(
+        &self,
+        link_hash: &str,
+        session_hash: &str,
+        session_expires_at: Timestamp,
+    ) -> StoreResult<Option<crate::PortalSessionRecord>> {
+        let (link_hash, session_hash) = (link_hash.to_owned(), session_hash.to_owned());
+        self.writer
+            .write(move |context| {
+                portal::redeem_portal_link(context, &link_hash, &session_hash, session_expires_at)
+            })
+            .await
+    }
+
+    async fn portal_session(&self, session_hash: &str) -> StoreResult<Option<crate::PortalSessionRecord>> {
+        let session_hash = session_hash.to_owned();
+        self.read(move |connection, now, _| portal::portal_session(connection, &session_hash, now))
+            .await
     }
 }

@@ -62,7 +62,7 @@ fn load(context: &WriteContext<'_>, id: &AccountId) -> StoreResult<StoredAccount
 }
 
 /// Loads an account for writing, releasing its holds whose time ran out first.
-fn load_for_write(context: &WriteContext<'_>, id: &AccountId) -> StoreResult<StoredAccount> {
+pub(super) fn load_for_write(context: &WriteContext<'_>, id: &AccountId) -> StoreResult<StoredAccount> {
     let mut account = load(context, id)?;
     let due: Vec<String> = context
         .connection
@@ -102,15 +102,15 @@ fn replayed_transaction(
     }
 }
 
-struct JournalWrite<'a> {
-    description: String,
-    reference: Option<&'a str>,
-    idempotency: Option<(&'a IdempotencyKey, String)>,
+pub(super) struct JournalWrite<'a> {
+    pub description: String,
+    pub reference: Option<&'a str>,
+    pub idempotency: Option<(&'a IdempotencyKey, String)>,
 }
 
 /// Appends a journal transaction and its transfers, and moves the account's
 /// balances by what the transfers say. The caller saves the account.
-fn append(
+pub(super) fn append(
     context: &WriteContext<'_>,
     account: &mut StoredAccount,
     journal: &JournalTransaction,
@@ -315,7 +315,7 @@ pub fn grant(context: &WriteContext<'_>, command: &GrantCommand) -> StoreResult<
     })
 }
 
-fn audit(
+pub(super) fn audit(
     context: &WriteContext<'_>,
     actor: &Actor,
     action: &str,

@@ -4,7 +4,7 @@
 use rusqlite::{Connection, params};
 
 use super::StoreRules;
-use crate::invariants::{AccountFacts, JournalFacts, LedgerCheck, UsageFacts};
+use crate::invariants::{AccountFacts, JournalFacts, LedgerCheck, TopupFacts, UsageFacts};
 use crate::{LedgerReport, StoreResult};
 
 /// Checks every invariant; problems are collected, never fixed.
@@ -84,7 +84,8 @@ fn verify_in_snapshot(connection: &Connection) -> StoreResult<LedgerReport> {
         "SELECT id, billing_mode, credit_limit_micros, available_micros, held_micros, journal_sequence, \
          lifetime_spend_micros, lifetime_savings_micros, cycle_spend_micros, \
          (SELECT COALESCE(SUM(u.amount_micros), 0) FROM usage_records u \
-          WHERE u.account_id = accounts.id AND u.created_at >= accounts.cycle_start) \
+          WHERE u.account_id = accounts.id AND u.created_at >= accounts.cycle_start), \
+         attention_since IS NOT NULL \
          FROM accounts",
     )?;
     let mut rows = statement.query(params![])?;
@@ -100,7 +101,39 @@ fn verify_in_snapshot(connection: &Connection) -> StoreResult<LedgerReport> {
             lifetime_savings: row.get(7)?,
             cycle_spend: row.get(8)?,
             cycle_usage: row.get(9)?,
+            flagged: row.get(10)?,
         });
     }
+    let mut statement = connection.prepare(
+        "SELECT t.id, t.status, t.amount_micros, j.available_amount_micros, t.refunded_micros, \
+         (SELECT COALESCE(SUM(r.amount_micros), 0) FROM topup_refunds r WHERE r.topup_id = t.id AND r.state <> 'failed'), \
+         t.disputed_micros, \
+         (SELECT COALESCE(SUM(COALESCE(-taken.available_amount_micros, 0) - COALESCE(returned.available_amount_micros, 0)), 0) \
+          FROM topup_disputes d \
+          LEFT JOIN journal_transactions taken ON taken.id = d.taken_transaction_id \
+          LEFT JOIN journal_transactions returned ON returned.id = d.returned_transaction_id \
+          WHERE d.topup_id = t.id) \
+         FROM topups t LEFT JOIN journal_transactions j ON j.id = t.credited_transaction_id",
+    )?;
+    let mut rows = statement.query(params![])?;
+    while let Some(row) = rows.next()? {
+        check.topup(TopupFacts {
+            id: row.get(0)?,
+            status: row.get(1)?,
+            amount: row.get(2)?,
+            credited_amount: row.get(3)?,
+            refunded_recorded: row.get(4)?,
+            refunded_by_refunds: row.get(5)?,
+            disputed_recorded: row.get(6)?,
+            disputed_by_disputes: row.get(7)?,
+        });
+    }
+    let (journal_credits, credited_topups): (i64, i64) = connection.query_row(
+        "SELECT (SELECT COUNT(*) FROM journal_transactions WHERE kind IN ('topup', 'auto_recharge')), \
+                (SELECT COUNT(*) FROM topups WHERE credited_transaction_id IS NOT NULL)",
+        params![],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
+    check.card_credits(journal_credits, credited_topups);
     Ok(check.finish())
 }
