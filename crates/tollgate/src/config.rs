@@ -13,6 +13,7 @@ use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 use tollgate_core::{
     ActionId, ActionSpec, DiscountPercent, HoldTtl, Micros, PriceBook, TierBasis, TierId, TierSpec,
+    TopupLimits,
 };
 
 /// The configuration shipped with Tollgate (also the built-in default).
@@ -24,6 +25,7 @@ struct FileConfig {
     billing: BillingSection,
     limits: LimitsSection,
     sales: SalesSection,
+    payments: PaymentsSection,
     demo: DemoSection,
     actions: Vec<ActionSection>,
     tiers: Vec<TierSection>,
@@ -49,6 +51,16 @@ struct LimitsSection {
 #[serde(deny_unknown_fields)]
 struct SalesSection {
     booking_url: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PaymentsSection {
+    topup_minimum: String,
+    topup_maximum: String,
+    recovery_interval_ms: u64,
+    recovery_min_age_seconds: i64,
+    receipt_issuer: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,6 +109,14 @@ pub struct Config {
     pub requests_per_second_per_key: u32,
     /// Contact Sales link.
     pub booking_url: String,
+    /// One-time top-up minimum and maximum.
+    pub topup_limits: TopupLimits,
+    /// How often open top-ups are reconciled with the processor.
+    pub recovery_interval_ms: u64,
+    /// How old an open top-up must be before recovery asks the processor about it.
+    pub recovery_min_age_seconds: i64,
+    /// The merchant named on receipts.
+    pub receipt_issuer: String,
     /// Whether first start creates the demo account.
     pub create_demo_account: bool,
     /// The demo account's starting credit.
@@ -177,6 +197,14 @@ fn validate(file: FileConfig) -> anyhow::Result<Config> {
     if !(file.sales.booking_url.starts_with("https://") || file.sales.booking_url.starts_with("http://")) {
         bail!("sales.booking_url must be an http(s) URL");
     }
+    let topup_limits = TopupLimits::new(
+        money("payments.topup_minimum", &file.payments.topup_minimum)?,
+        money("payments.topup_maximum", &file.payments.topup_maximum)?,
+    )
+    .context("payments.topup_minimum / topup_maximum")?;
+    if file.payments.receipt_issuer.trim().is_empty() {
+        bail!("payments.receipt_issuer must not be empty");
+    }
     let demo_credit = money("demo.credit", &file.demo.credit)?;
     if demo_credit.is_negative() {
         bail!("demo.credit must not be negative");
@@ -190,6 +218,10 @@ fn validate(file: FileConfig) -> anyhow::Result<Config> {
         request_timeout_ms: file.limits.request_timeout_ms.clamp(100, 600_000),
         requests_per_second_per_key: file.limits.requests_per_second_per_key,
         booking_url: file.sales.booking_url,
+        topup_limits,
+        recovery_interval_ms: file.payments.recovery_interval_ms.clamp(1_000, 3_600_000),
+        recovery_min_age_seconds: file.payments.recovery_min_age_seconds.clamp(0, 86_400),
+        receipt_issuer: file.payments.receipt_issuer,
         create_demo_account: file.demo.create_account,
         demo_credit,
     })

@@ -5,6 +5,7 @@
 
 mod cli;
 mod config;
+mod payments;
 mod serve;
 
 use std::net::SocketAddr;
@@ -89,6 +90,18 @@ pub struct ServeArgs {
     /// The operator's secret API key; generated, stored hashed and printed once when unset.
     #[arg(long, env = "TOLLGATE_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Stripe secret key (`sk_…`); unset: Tollgate runs its built-in Stripe sandbox.
+    #[arg(long, env = "TOLLGATE_STRIPE_SECRET_KEY", hide_env_values = true)]
+    pub stripe_secret_key: Option<String>,
+    /// Stripe webhook signing secret (`whsec_…`) of the `/webhooks/stripe` endpoint.
+    #[arg(long, env = "TOLLGATE_STRIPE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub stripe_webhook_secret: Option<String>,
+    /// Stripe's API base URL (default Stripe's own; e.g. a `tollgate stripe-sandbox`).
+    #[arg(long, env = "TOLLGATE_STRIPE_API_BASE")]
+    pub stripe_api_base: Option<String>,
+    /// Where the built-in sandbox listens when there is no Stripe key (port 0: any free port).
+    #[arg(long, env = "TOLLGATE_STRIPE_SANDBOX_ADDR", default_value = "127.0.0.1:0")]
+    pub stripe_sandbox_addr: SocketAddr,
 }
 
 #[derive(Debug, Subcommand)]

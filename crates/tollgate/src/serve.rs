@@ -123,12 +123,19 @@ pub async fn run(database_url: &str, config: Config, args: ServeArgs) -> anyhow:
         .unwrap_or_else(|| format!("http://{local_addr}"));
     let operator_key = ensure_operator_key(&store, args.api_key.as_deref()).await?;
     let created_demo = ensure_demo_account(&store, &config).await?;
-    let state = AppState::new(
+    let clock: std::sync::Arc<dyn tollgate_core::Clock> = std::sync::Arc::new(tollgate_store::SystemClock);
+    let payments = crate::payments::start(store.clone(), clock.clone(), &config, &args, &public_url).await?;
+    let recovery = crate::payments::spawn_recovery(
+        payments.billing.clone(),
+        config.recovery_interval_ms,
+        config.recovery_min_age_seconds,
+    );
+    let state = AppState::with_billing(
         store.clone(),
         WebConfig {
             price_book: config.price_book.clone(),
             tier_basis: config.tier_basis,
-            clock: std::sync::Arc::new(tollgate_store::SystemClock),
+            clock,
             default_hold_ttl: config.hold_ttl,
             operator_key: args.api_key.clone(),
             booking_url: config.booking_url.clone(),
@@ -137,11 +144,13 @@ pub async fn run(database_url: &str, config: Config, args: ServeArgs) -> anyhow:
             request_timeout_ms: config.request_timeout_ms,
             rate_limit_per_second: config.requests_per_second_per_key,
         },
+        payments.billing.clone(),
     );
     let sweeper = tollgate_web::spawn_hold_sweeper(store.clone(), config.hold_sweep_interval_ms);
 
     println!("Tollgate is running at {public_url}");
     println!("  database:   {database_url}");
+    println!("  payments:   {}", payments.description);
     match &operator_key {
         OperatorKey::FromSettings => println!("  operator key: from TOLLGATE_API_KEY / --api-key"),
         OperatorKey::Generated(secret) => {
@@ -168,5 +177,9 @@ pub async fn run(database_url: &str, config: Config, args: ServeArgs) -> anyhow:
         .await
         .context("serving HTTP")?;
     sweeper.abort();
+    recovery.abort();
+    if let Some(sandbox) = payments.sandbox {
+        sandbox.shutdown().await;
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -10,6 +10,8 @@ fn tollgate(dir: &std::path::Path) -> Command {
         .env_remove("TOLLGATE_API_KEY")
         .env_remove("TOLLGATE_CONFIG")
         .env_remove("TOLLGATE_DATABASE_URL")
+        .env_remove("TOLLGATE_STRIPE_SECRET_KEY")
+        .env_remove("TOLLGATE_STRIPE_API_BASE")
         .env("TOLLGATE_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "warn");
     command
@@ -250,4 +252,66 @@ fn the_stripe_sandbox_runs_alone_on_the_given_address() {
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn without_a_stripe_key_the_binary_takes_card_payments_through_its_own_sandbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let key = server.key.clone().expect("a generated key");
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let topup = |amount: &'static str, idempotency_key: &'static str| {
+        client
+            .post(format!("{}/v1/accounts/demo/topups", server.url))
+            .bearer_auth(&key)
+            .header("Idempotency-Key", idempotency_key)
+            .json(&serde_json::json!({"amount": amount}))
+            .send()
+    };
+    // No card yet: the sandbox's hosted page takes the card and the payment.
+    let first: serde_json::Value = topup("30.00", "first").await.unwrap().json().await.unwrap();
+    assert_eq!(first["status"], "requires_payment_method", "{first}");
+    let page_url = first["url"].as_str().unwrap().to_owned();
+    let page = client.get(&page_url).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("id=\"cardNumber\""), "{page}");
+    let paid = client
+        .post(&page_url)
+        .form(&[
+            ("cardNumber", "4242 4242 4242 4242"),
+            ("cardExpiry", "12 / 34"),
+            ("cardCvc", "123"),
+            ("billingName", "Demo"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paid.status(), 303);
+    let back = paid.headers()["location"].to_str().unwrap().to_owned();
+    assert!(back.starts_with(&format!("{}/checkout/return?session_id=", server.url)), "{back}");
+    let landed = client.get(&back).send().await.unwrap();
+    assert_eq!(landed.status(), 303);
+    let landed = landed.headers()["location"].to_str().unwrap().to_owned();
+    assert!(landed.starts_with(&format!("{}/billing?", server.url)), "{landed}");
+    assert!(landed.contains("topup_status=succeeded"), "{landed}");
+
+    // The card is saved: the next top-up charges it at once.
+    let second: serde_json::Value = topup("20.00", "second").await.unwrap().json().await.unwrap();
+    assert_eq!(second["status"], "succeeded", "{second}");
+    let account: serde_json::Value = client
+        .get(format!("{}/v1/accounts/demo", server.url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(account["balance"], "75.00", "{account}");
+    assert_eq!(account["payment_method"]["last4"], "4242", "{account}");
+    drop(server);
+    let verified = run_ok(dir.path(), &["ledger", "verify"]);
+    assert!(verified.contains("ledger OK"), "{verified}");
 }

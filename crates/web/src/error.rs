@@ -6,8 +6,10 @@ use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use tollgate_billing::BillingError;
 use tollgate_core::{InvalidCommand, Micros};
 use tollgate_store::StoreError;
+use tollgate_stripe::PaymentsError;
 use utoipa::ToSchema;
 
 /// Every error code the API answers with. The status follows from the code.
@@ -41,6 +43,22 @@ pub enum ErrorCode {
     InternalError,
     /// 503: the store is unavailable or the request took too long.
     ServiceUnavailable,
+    /// 400: the action needs a saved card and the account has none.
+    NoPaymentMethod,
+    /// 402: the card was refused.
+    CardDeclined,
+    /// 402: the card needs the customer to authenticate (3-D Secure) on-session.
+    AuthenticationRequired,
+    /// 400: a webhook whose signature is missing, forged, tampered with or stale.
+    InvalidSignature,
+    /// 400: the refund is not possible (not paid, more than is left).
+    InvalidRefund,
+    /// 409: the request contradicts what is recorded.
+    Conflict,
+    /// 502: the payment processor answered something unusable; the outcome is being reconciled.
+    PaymentProcessorError,
+    /// 503: the payment processor could not be reached; nothing was charged twice, retry.
+    PaymentProcessorUnavailable,
 }
 
 impl ErrorCode {
@@ -61,6 +79,14 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::InternalError => "internal_error",
             ErrorCode::ServiceUnavailable => "service_unavailable",
+            ErrorCode::NoPaymentMethod => "no_payment_method",
+            ErrorCode::CardDeclined => "card_declined",
+            ErrorCode::AuthenticationRequired => "authentication_required",
+            ErrorCode::InvalidSignature => "invalid_signature",
+            ErrorCode::InvalidRefund => "invalid_refund",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::PaymentProcessorError => "payment_processor_error",
+            ErrorCode::PaymentProcessorUnavailable => "payment_processor_unavailable",
         }
     }
 
@@ -69,13 +95,21 @@ impl ErrorCode {
         match self {
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
-            ErrorCode::InvalidRequest | ErrorCode::InvalidAmount | ErrorCode::CaptureExceedsHold => {
-                StatusCode::BAD_REQUEST
+            ErrorCode::InvalidRequest
+            | ErrorCode::InvalidAmount
+            | ErrorCode::CaptureExceedsHold
+            | ErrorCode::NoPaymentMethod
+            | ErrorCode::InvalidSignature
+            | ErrorCode::InvalidRefund => StatusCode::BAD_REQUEST,
+            ErrorCode::InsufficientBalance | ErrorCode::CardDeclined | ErrorCode::AuthenticationRequired => {
+                StatusCode::PAYMENT_REQUIRED
             }
-            ErrorCode::InsufficientBalance => StatusCode::PAYMENT_REQUIRED,
-            ErrorCode::IdempotencyConflict | ErrorCode::AccountExists | ErrorCode::HoldNotActive => {
-                StatusCode::CONFLICT
-            }
+            ErrorCode::PaymentProcessorError => StatusCode::BAD_GATEWAY,
+            ErrorCode::PaymentProcessorUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::IdempotencyConflict
+            | ErrorCode::AccountExists
+            | ErrorCode::HoldNotActive
+            | ErrorCode::Conflict => StatusCode::CONFLICT,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -273,11 +307,56 @@ impl From<StoreError> for ApiError {
                 tollgate_store::MAX_BATCH_EVENTS
             ))
             .with_param("events"),
+            StoreError::InvalidRefund(reason) => {
+                ApiError::new(ErrorCode::InvalidRefund, reason.to_string()).with_param("amount")
+            }
+            StoreError::Conflict(reason) => ApiError::new(ErrorCode::Conflict, reason),
             StoreError::Database(cause) => ApiError::internal(&cause),
             StoreError::Unavailable => ApiError::new(
                 ErrorCode::ServiceUnavailable,
                 "the service is temporarily unavailable; retry with the same idempotency key",
             ),
+        }
+    }
+}
+
+impl From<BillingError> for ApiError {
+    fn from(error: BillingError) -> ApiError {
+        match error {
+            BillingError::Store(error) => ApiError::from(error),
+            BillingError::NoPaymentMethod => ApiError::new(
+                ErrorCode::NoPaymentMethod,
+                "the account has no payment method: add a card first",
+            ),
+            BillingError::Payments(PaymentsError::Transient(cause)) => {
+                tracing::warn!(%cause, "payment processor unavailable");
+                ApiError::new(
+                    ErrorCode::PaymentProcessorUnavailable,
+                    "the payment processor could not be reached; nothing was credited twice: \
+                     retry with the same Idempotency-Key",
+                )
+            }
+            BillingError::Payments(PaymentsError::NotFound(what)) => {
+                ApiError::not_found(format!("not found at the payment processor: {what}"))
+            }
+            BillingError::Payments(error @ PaymentsError::Configuration(_)) => ApiError::internal(&error),
+            BillingError::Payments(error) => {
+                tracing::error!(%error, "payment processor error");
+                ApiError::new(
+                    ErrorCode::PaymentProcessorError,
+                    "the payment processor answered unexpectedly; the outcome is reconciled \
+                     with it automatically",
+                )
+            }
+            BillingError::Webhook(error) => {
+                ApiError::new(ErrorCode::InvalidSignature, format!("webhook refused: {error}"))
+            }
+            BillingError::ForeignSession(reason) => ApiError::invalid_request(reason),
+            BillingError::NotPaid(id) => ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("top-up `{id}` has no receipt: it was not paid"),
+            ),
+            BillingError::Document(cause) => ApiError::internal(&cause),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use tollgate_billing::Billing;
 use tollgate_store::SharedStore;
 
 use crate::auth::{KeyHash, hash_api_key_bytes};
@@ -18,6 +19,7 @@ struct Inner {
     config: Arc<WebConfig>,
     operator_key_hash: Option<KeyHash>,
     rate_limiter: Option<KeyRateLimiter>,
+    billing: Option<Billing>,
 }
 
 /// Token buckets per API key id.
@@ -33,7 +35,16 @@ fn rate_limiter(per_second: u32) -> Option<KeyRateLimiter> {
 
 impl AppState {
     /// Hashes the operator key once and drops the plaintext.
-    pub fn new(store: SharedStore, mut config: WebConfig) -> AppState {
+    pub fn new(store: SharedStore, config: WebConfig) -> AppState {
+        AppState::build(store, config, None)
+    }
+
+    /// An app state whose card payments go through `billing` (Stripe or the sandbox).
+    pub fn with_billing(store: SharedStore, config: WebConfig, billing: Billing) -> AppState {
+        AppState::build(store, config, Some(billing))
+    }
+
+    fn build(store: SharedStore, mut config: WebConfig, billing: Option<Billing>) -> AppState {
         let operator_key_hash = config
             .operator_key
             .take()
@@ -45,6 +56,7 @@ impl AppState {
                 rate_limiter: rate_limiter(config.rate_limit_per_second),
                 config: Arc::new(config),
                 operator_key_hash,
+                billing,
             }),
         }
     }
@@ -57,6 +69,11 @@ impl AppState {
     /// The configuration (without the operator key's plaintext).
     pub fn config(&self) -> &Arc<WebConfig> {
         &self.inner.config
+    }
+
+    /// The payment flows, when card payments are configured.
+    pub fn billing(&self) -> Option<&Billing> {
+        self.inner.billing.as_ref()
     }
 
     pub(crate) fn operator_key_hash(&self) -> Option<&KeyHash> {

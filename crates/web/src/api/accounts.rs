@@ -7,7 +7,7 @@ use serde::Deserialize;
 use tollgate_core::{AccountId, NewAccount};
 use utoipa::ToSchema;
 
-use crate::api::json::{Account, AccountList};
+use crate::api::json::{Account, AccountList, PaymentMethod};
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, PageQuery, Pagination, parse_account_id, path_account_id};
@@ -40,6 +40,25 @@ fn generated_id() -> Result<AccountId, ApiError> {
 pub(crate) fn render(state: &AppState, record: &tollgate_store::AccountRecord) -> Result<Account, ApiError> {
     let config = state.config();
     Account::render(record, &config.price_book, config.tier_basis)
+}
+
+/// The account's card as the API shows it, if one is saved.
+pub(crate) async fn card_of(
+    state: &AppState,
+    account: &AccountId,
+) -> Result<Option<PaymentMethod>, ApiError> {
+    let profile = state.store().payment_profile(account).await?;
+    Ok(profile.card.as_ref().map(PaymentMethod::render))
+}
+
+/// Renders a stored account with its card.
+async fn render_with_card(
+    state: &AppState,
+    record: &tollgate_store::AccountRecord,
+) -> Result<Account, ApiError> {
+    let mut account = render(state, record)?;
+    account.payment_method = card_of(state, &record.id).await?;
+    Ok(account)
 }
 
 /// Creates an account with a zero balance.
@@ -88,7 +107,7 @@ pub async fn get_account(
     Path(id): Path<String>,
 ) -> Result<Json<Account>, ApiError> {
     let record = state.store().account(&path_account_id(&id)?).await?;
-    Ok(Json(render(&state, &record)?))
+    Ok(Json(render_with_card(&state, &record).await?))
 }
 
 /// Accounts in id order, paginated.
@@ -108,11 +127,10 @@ pub async fn list_accounts(
     Pagination(page): Pagination,
 ) -> Result<Json<AccountList>, ApiError> {
     let page = state.store().list_accounts(page).await?;
-    let data = page
-        .data
-        .iter()
-        .map(|record| render(&state, record))
-        .collect::<Result<_, _>>()?;
+    let mut data = Vec::with_capacity(page.data.len());
+    for record in &page.data {
+        data.push(render_with_card(&state, record).await?);
+    }
     Ok(Json(AccountList {
         data,
         has_more: page.has_more,

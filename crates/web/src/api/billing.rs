@@ -198,15 +198,18 @@ pub async fn billing_summary(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<BillingSummary>, ApiError> {
-    let record = state.store().account(&path_account_id(&id)?).await?;
+    let account = path_account_id(&id)?;
+    let record = state.store().account(&account).await?;
     let config = state.config();
-    Ok(Json(summary(
+    let mut summary = summary(
         &record,
         &config.price_book,
         config.tier_basis,
         config.clock.now(),
         &config.booking_url,
-    )?))
+    )?;
+    summary.payment_method = crate::api::accounts::card_of(&state, &account).await?;
+    Ok(Json(summary))
 }
 
 /// A tier's price of one action.

@@ -8,6 +8,7 @@ pub mod holds;
 pub mod json;
 pub mod ledger;
 pub mod ops;
+pub mod payments;
 pub mod usage;
 
 use axum::Router;
@@ -35,6 +36,12 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ledger::list_transactions))
         .routes(routes!(ledger::create_grant))
         .routes(routes!(audit::list_audit))
+        .routes(routes!(payments::setup_payment_method))
+        .routes(routes!(payments::delete_payment_method))
+        .routes(routes!(payments::create_topup, payments::list_topups))
+        .routes(routes!(payments::get_topup))
+        .routes(routes!(payments::refund_topup))
+        .routes(routes!(payments::topup_receipt))
 }
 
 /// Routes open to anyone: health, metrics, the API description.
@@ -43,6 +50,10 @@ fn ops_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi_json))
+        // The customer's browser and Stripe call these, never with an API key: the return
+        // is answered from what Stripe itself reports, the webhook by its signature.
+        .routes(routes!(payments::checkout_return))
+        .routes(routes!(payments::stripe_webhook))
 }
 
 /// Every route (auth applied where needed) and the OpenAPI document describing them.

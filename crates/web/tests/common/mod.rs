@@ -11,11 +11,15 @@ use serde_json::{Value, json};
 use time::macros::datetime;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tollgate_billing::Billing;
 use tollgate_core::pricing::default_price_book;
 use tollgate_core::{ActionId, ActionSpec, ManualClock, Micros, PriceBook, TierBasis};
 use tollgate_store::testing::TestDatabase;
 use tollgate_store::{SharedStore, StoreRules};
+use tollgate_stripe_sandbox::Sandbox;
 use tollgate_web::{AppState, WebConfig};
+
+pub mod payments;
 
 /// The operator key every test server accepts.
 pub const OPERATOR_KEY: &str = "tg_sk_testOperatorKey0123456789abcdef";
@@ -26,6 +30,9 @@ pub const START: time::OffsetDateTime = datetime!(2026-11-10 10:00 UTC);
 pub struct Options {
     pub price_book: PriceBook,
     pub max_body_bytes: usize,
+    /// Card payments through a Stripe sandbox of the test's own; the clock then starts
+    /// at the real now, since webhook signatures are checked against it.
+    pub payments: bool,
 }
 
 impl Default for Options {
@@ -33,6 +40,7 @@ impl Default for Options {
         Options {
             price_book: default_price_book(),
             max_body_bytes: tollgate_web::DEFAULT_MAX_BODY_BYTES,
+            payments: false,
         }
     }
 }
@@ -60,9 +68,14 @@ pub struct Parts {
 /// An app state on a fresh database of the store `TOLLGATE_TEST_STORE` names,
 /// for tests that call the app in process.
 pub fn app_state(options: Options) -> (AppState, Parts) {
+    let (config, parts) = config_and_parts(&options, START);
+    (AppState::new(parts.store.clone(), config), parts)
+}
+
+fn config_and_parts(options: &Options, start: time::OffsetDateTime) -> (WebConfig, Parts) {
     let dir = TestDatabase::new();
-    let clock = Arc::new(ManualClock::new(START));
-    let book = Arc::new(options.price_book);
+    let clock = Arc::new(ManualClock::new(start));
+    let book = Arc::new(options.price_book.clone());
     let store = dir.open(StoreRules {
         price_book: book.clone(),
         tier_basis: TierBasis::Cycle,
@@ -72,7 +85,7 @@ pub fn app_state(options: Options) -> (AppState, Parts) {
     config.operator_key = Some(OPERATOR_KEY.to_owned());
     config.booking_url = "https://calendly.example/sales".to_owned();
     config.max_body_bytes = options.max_body_bytes;
-    (AppState::new(store.clone(), config), Parts { store, clock, dir })
+    (config, Parts { store, clock, dir })
 }
 
 /// A running server and what a test needs to poke at it.
@@ -81,6 +94,10 @@ pub struct TestServer {
     pub client: reqwest::Client,
     pub store: SharedStore,
     pub clock: Arc<ManualClock>,
+    /// The Stripe sandbox, when the server takes card payments.
+    pub sandbox: Option<Sandbox>,
+    /// The payment flows, when the server takes card payments.
+    pub billing: Option<Billing>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<std::io::Result<()>>>,
     _dir: TestDatabase,
@@ -91,10 +108,30 @@ impl TestServer {
         TestServer::start_with(Options::default()).await
     }
 
+    /// A server whose card payments go through a Stripe sandbox of its own.
+    pub async fn start_with_payments() -> TestServer {
+        TestServer::start_with(Options {
+            payments: true,
+            ..Options::default()
+        })
+        .await
+    }
+
     pub async fn start_with(options: Options) -> TestServer {
-        let (state, parts) = app_state(options);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
+        let (state, parts, sandbox, billing) = if options.payments {
+            // Storage precision: whole microseconds.
+            let now = time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+            let (mut config, parts) = config_and_parts(&options, now);
+            config.public_url = base.clone();
+            let (sandbox, billing) = payments::start(&parts, &base).await;
+            let state = AppState::with_billing(parts.store.clone(), config, billing.clone());
+            (state, parts, Some(sandbox), Some(billing))
+        } else {
+            let (state, parts) = app_state(options);
+            (state, parts, None, None)
+        };
         let (shutdown, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(tollgate_web::serve(listener, state, async {
             let _ = stopped.await;
@@ -107,6 +144,8 @@ impl TestServer {
                 .unwrap(),
             store: parts.store,
             clock: parts.clock,
+            sandbox,
+            billing,
             shutdown: Some(shutdown),
             server: Some(server),
             _dir: parts.dir,
