@@ -11,6 +11,7 @@ mod config;
 pub mod error;
 mod extract;
 pub mod openapi;
+pub mod page;
 mod state;
 mod sweeper;
 pub mod telemetry;
@@ -41,6 +42,7 @@ pub fn app(state: AppState) -> Router {
     let max_body_bytes = config.max_body_bytes;
     let timeout = Duration::from_millis(config.request_timeout_ms.max(1));
     let (api_routes, document) = api::router(state.clone());
+    let pages = page::router(state.clone());
     let layers = ServiceBuilder::new()
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(TraceLayer::new_for_http().make_span_with(telemetry::make_span))
@@ -59,6 +61,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(error::route_not_found)
         .with_state(state)
         .layer(layers)
+        .merge(pages)
 }
 
 /// Serves [`app`] on `listener` until `shutdown` completes, then drains

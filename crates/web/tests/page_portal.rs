@@ -1,0 +1,238 @@
+//! Portal links and sessions over plain HTTP (no browser): what `POST
+//! /v1/portal_sessions` answers, that a link works once and for 5 minutes, what the
+//! session cookie looks like, CSRF, and the page's headers and static files.
+
+mod common;
+mod page_support;
+
+use reqwest::StatusCode;
+use reqwest::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, LOCATION, SET_COOKIE};
+use serde_json::json;
+
+use common::{TestServer, assert_error};
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
+/// Follows a link; returns the `name=value` of the session cookie it set.
+async fn redeem(link: &str) -> String {
+    let response = client().get(link).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(response.headers()[LOCATION], "/billing");
+    let cookie = response.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+    cookie.split(';').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_portal_session_is_a_single_use_link_valid_five_minutes() {
+    let server = TestServer::start().await;
+    server.create_account("acme").await;
+    let (status, body) = server
+        .post(
+            "/v1/portal_sessions",
+            json!({"account_id": "acme", "return_url": "https://app.test/settings"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["object"], "portal_session");
+    assert_eq!(body["account_id"], "acme");
+    assert_eq!(body["return_url"], "https://app.test/settings");
+    let url = body["url"].as_str().unwrap();
+    assert!(url.starts_with("http://127.0.0.1:8080/portal/tg_pl_"), "on the public URL: {url}");
+    let url = &server.url(&url["http://127.0.0.1:8080".len()..]);
+    let expires_at = time::OffsetDateTime::parse(
+        body["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert_eq!(expires_at - common::START, time::Duration::minutes(5));
+
+    let response = client().get(url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(response.headers()[LOCATION], "/billing");
+    assert_eq!(response.headers()[CACHE_CONTROL], "no-store");
+    let cookie = response.headers()[SET_COOKIE].to_str().unwrap();
+    assert!(cookie.starts_with("tollgate_portal="), "{cookie}");
+    for attribute in ["HttpOnly", "SameSite=Lax", "Path=/", "Max-Age=3600"] {
+        assert!(cookie.contains(attribute), "{attribute} missing: {cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "plain HTTP must not mark the cookie Secure: {cookie}");
+
+    // Used once: never again, even by the browser it opened.
+    let again = client().get(url).send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::UNAUTHORIZED);
+    assert!(again.headers()[CONTENT_TYPE].to_str().unwrap().starts_with("text/html"));
+    assert!(again.text().await.unwrap().contains("This billing link has expired"));
+
+    // An unused link past its 5 minutes is refused too.
+    let stale = page_support::portal_link(&server, "acme").await;
+    server.clock.advance(time::Duration::seconds(5 * 60));
+    let response = client().get(&stale).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    // And so is a token that was never issued.
+    let response = client()
+        .get(server.url("/portal/tg_pl_notATokenAnyoneWasGiven000000000000000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn portal_sessions_need_a_key_a_known_account_and_a_sane_return_url() {
+    let server = TestServer::start().await;
+    server.create_account("acme").await;
+    let response = server
+        .client
+        .post(server.url("/v1/portal_sessions"))
+        .json(&json!({"account_id": "acme"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unauthorized");
+
+    assert_error(
+        &server.post("/v1/portal_sessions", json!({"account_id": "nobody"})).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        None,
+    );
+    assert_error(
+        &server.post("/v1/portal_sessions", json!({"account_id": "no spaces"})).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("account_id"),
+    );
+    for bad in ["javascript:alert(1)", "ftp://x.test", "https://x.test/\n"] {
+        assert_error(
+            &server
+                .post("/v1/portal_sessions", json!({"account_id": "acme", "return_url": bad}))
+                .await,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            Some("return_url"),
+        );
+    }
+    assert_error(
+        &server.post("/v1/portal_sessions", json!({})).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("account_id"),
+    );
+}
+
+#[tokio::test]
+async fn the_page_needs_a_live_session_and_forms_need_its_csrf_token() {
+    let server = TestServer::start().await;
+    server.funded_account("acme", "42.50").await;
+
+    let response = client().get(server.url("/billing")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(response.text().await.unwrap().contains("ask"), "expired page explains what to do");
+    let response = client()
+        .get(server.url("/billing"))
+        .header("cookie", "tollgate_portal=forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+
+    let cookie = redeem(&page_support::portal_link(&server, "acme").await).await;
+    let response = client()
+        .get(server.url("/billing"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let headers = response.headers().clone();
+    assert_eq!(headers[CACHE_CONTROL], "no-store");
+    assert!(headers[CONTENT_SECURITY_POLICY].to_str().unwrap().contains("script-src 'self'"));
+    assert_eq!(headers["x-frame-options"], "DENY");
+    let html = response.text().await.unwrap();
+    assert!(html.contains("acme Inc."), "account name shown");
+    assert!(html.contains("$42.50"), "balance shown as money");
+    assert!(html.contains("No payment method"));
+    assert!(html.contains("Auto-recharge off"));
+    assert!(html.contains("Starter"));
+    assert!(html.contains("target=\"_blank\" rel=\"noopener\""));
+    assert!(html.contains("https://calendly.example/sales"));
+
+    // Without the token (or with another session's), a form changes nothing.
+    let other = redeem(&page_support::portal_link(&server, "acme").await).await;
+    let other_html = client()
+        .get(server.url("/billing"))
+        .header("cookie", &other)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let token = other_html
+        .split("name=\"csrf_token\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_owned();
+    for form in [vec![("amount", "25")], vec![("amount", "25"), ("csrf_token", token.as_str())]] {
+        let response = client()
+            .post(server.url("/billing/topups"))
+            .header("cookie", &cookie)
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    }
+    // The right token passes the check (this server has no payments, which it says).
+    let response = client()
+        .post(server.url("/billing/topups"))
+        .header("cookie", &other)
+        .form(&[("amount", "25"), ("csrf_token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(response.text().await.unwrap().contains("not available"));
+}
+
+#[tokio::test]
+async fn static_files_are_hashed_and_cached_for_a_year() {
+    let server = TestServer::start().await;
+    server.create_account("acme").await;
+    let cookie = redeem(&page_support::portal_link(&server, "acme").await).await;
+    let html = client()
+        .get(server.url("/billing"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let htmx = html
+        .split("src=\"")
+        .map(|rest| rest.split('"').next().unwrap())
+        .find(|src| src.starts_with("/static/htmx-2.0."))
+        .expect("htmx is linked")
+        .to_owned();
+    let response = client().get(server.url(&htmx)).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()[CACHE_CONTROL], "public, max-age=31536000, immutable");
+    assert!(response.headers()[CONTENT_TYPE].to_str().unwrap().starts_with("text/javascript"));
+    assert!(response.text().await.unwrap().contains("htmx"));
+    let response = client()
+        .get(server.url("/static/htmx-2.0.11.min.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND, "only hashed names are served");
+}
