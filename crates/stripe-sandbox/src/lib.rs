@@ -169,6 +169,8 @@ impl Sandbox {
         let addr = listener
             .local_addr()
             .map_err(|source| SandboxError::Bind { addr, source })?;
+        // rustls refuses to choose when a build links two crypto providers.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(config.retry.attempt_timeout)
             .redirect(reqwest::redirect::Policy::none())

@@ -122,9 +122,19 @@ impl fmt::Debug for StripePayments {
     }
 }
 
+/// Makes `ring` the process's TLS crypto provider unless one is installed already.
+///
+/// rustls refuses to choose when a build links two providers (another dependency may
+/// bring aws-lc-rs), and would then panic on the first TLS connection.
+pub fn install_crypto_provider() {
+    // An error only means a provider is installed already, which is all we need.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 impl StripePayments {
     /// Checks the settings and builds the client; no request is sent.
     pub fn new(config: StripeConfig) -> Result<Self, PaymentsError> {
+        install_crypto_provider();
         let key = config.secret_key.trim();
         if key.is_empty() {
             return Err(PaymentsError::Configuration(

@@ -17,6 +17,7 @@ pub mod port;
 pub mod webhook;
 
 pub use adapter::{
+    install_crypto_provider,
     ACCOUNT_METADATA_KEY, DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BASE_DELAY_MS, DEFAULT_TIMEOUT_MS, MAX_RETRIES,
     MAX_TIMEOUT_MS, REFERENCE_METADATA_KEY, StripeConfig, StripePayments,
 };
