@@ -88,14 +88,33 @@ pub(crate) struct TopupFacts {
     pub disputed_by_disputes: i64,
 }
 
+/// One account's Auto Top-Up rule: the recharge it has in flight and the last
+/// sequence it handed out.
+pub(crate) struct RechargeRuleFacts {
+    pub account: String,
+    pub in_flight: Option<i64>,
+    pub last_sequence: i64,
+}
+
+/// One auto top-up (a top-up whose source is `auto_recharge`).
+pub(crate) struct AutoTopupFacts {
+    pub id: String,
+    pub account: String,
+    pub sequence: Option<i64>,
+    pub status: String,
+}
+
 /// Accumulates facts in the order: transfer sums, active holds, usage rows,
-/// journal rows (ordered by account, then sequence), accounts.
+/// journal rows (ordered by account, then sequence), accounts; rules and auto
+/// top-ups in any order.
 #[derive(Default)]
 pub(crate) struct LedgerCheck {
     report: LedgerReport,
     recomputed: HashMap<String, Recomputed>,
     chain: Option<(String, ChainLink)>,
     chain_ends: HashMap<String, ChainLink>,
+    recharge_rules: HashMap<String, RechargeRuleFacts>,
+    auto_topups: Vec<AutoTopupFacts>,
 }
 
 impl LedgerCheck {
@@ -270,8 +289,82 @@ impl LedgerCheck {
         }
     }
 
+    /// An account's Auto Top-Up rule.
+    pub fn recharge_rule(&mut self, rule: RechargeRuleFacts) {
+        self.recharge_rules.insert(rule.account.clone(), rule);
+    }
+
+    /// An auto top-up.
+    pub fn auto_topup(&mut self, topup: AutoTopupFacts) {
+        self.auto_topups.push(topup);
+    }
+
+    /// Exactly one recharge in flight: at most one open auto top-up per account; a rule
+    /// in flight has a pending auto top-up of that sequence and every pending auto
+    /// top-up is its rule's recharge in flight (an auto top-up waiting for the customer,
+    /// `requires_action`, has resolved its rule already and only blocks the next one).
+    fn check_auto_recharges(&mut self) {
+        let mut problems = Vec::new();
+        let mut open: HashMap<&str, Vec<&str>> = HashMap::new();
+        let mut pending: HashMap<&str, i64> = HashMap::new();
+        for topup in &self.auto_topups {
+            let (id, account) = (&topup.id, topup.account.as_str());
+            let rule = self.recharge_rules.get(account);
+            let Some(sequence) = topup.sequence else {
+                problems.push(format!("auto top-up {id}: no recharge sequence"));
+                continue;
+            };
+            match rule {
+                None => problems.push(format!(
+                    "auto top-up {id}: account {account} has no auto top-up rule"
+                )),
+                Some(rule) if sequence > rule.last_sequence => problems.push(format!(
+                    "auto top-up {id}: recharge {sequence} is beyond the rule's last sequence {}",
+                    rule.last_sequence
+                )),
+                Some(_) => {}
+            }
+            if matches!(topup.status.as_str(), "pending" | "requires_action") {
+                open.entry(account).or_default().push(id);
+            }
+            if topup.status == "pending" {
+                pending.insert(account, sequence);
+                let in_flight = rule.and_then(|rule| rule.in_flight);
+                if in_flight != Some(sequence) {
+                    problems.push(format!(
+                        "auto top-up {id}: recharge {sequence} is pending but the rule has {} in flight",
+                        in_flight.map_or("nothing".to_owned(), |flight| format!("recharge {flight}"))
+                    ));
+                }
+            }
+        }
+        let mut crowded: Vec<_> = open.into_iter().filter(|(_, ids)| ids.len() > 1).collect();
+        crowded.sort();
+        for (account, ids) in crowded {
+            problems.push(format!(
+                "account {account}: {} open auto top-ups ({})",
+                ids.len(),
+                ids.join(", ")
+            ));
+        }
+        let mut rules: Vec<&RechargeRuleFacts> = self.recharge_rules.values().collect();
+        rules.sort_by(|left, right| left.account.cmp(&right.account));
+        for rule in rules {
+            if let Some(flight) = rule.in_flight
+                && pending.get(rule.account.as_str()) != Some(&flight)
+            {
+                problems.push(format!(
+                    "account {}: recharge {flight} is in flight but has no pending auto top-up",
+                    rule.account
+                ));
+            }
+        }
+        self.report.problems.extend(problems);
+    }
+
     /// The report, with entries of accounts that do not exist flagged.
     pub fn finish(mut self) -> LedgerReport {
+        self.check_auto_recharges();
         let mut orphans: Vec<String> = self
             .recomputed
             .keys()
@@ -381,6 +474,59 @@ mod tests {
         let mut credits = LedgerCheck::default();
         credits.card_credits(2, 1);
         assert_eq!(credits.finish().problems.len(), 1);
+    }
+
+    #[test]
+    fn one_recharge_is_in_flight_per_account() {
+        let rule = |in_flight: Option<i64>, last_sequence| RechargeRuleFacts {
+            account: "acme".to_owned(),
+            in_flight,
+            last_sequence,
+        };
+        let topup = |id: &str, sequence: Option<i64>, status: &str| AutoTopupFacts {
+            id: id.to_owned(),
+            account: "acme".to_owned(),
+            sequence,
+            status: status.to_owned(),
+        };
+        let problems = |rule: RechargeRuleFacts, topups: Vec<AutoTopupFacts>| {
+            let mut check = LedgerCheck::default();
+            check.recharge_rule(rule);
+            for topup in topups {
+                check.auto_topup(topup);
+            }
+            check.finish().problems
+        };
+        assert!(problems(rule(None, 0), vec![]).is_empty());
+        assert!(
+            problems(
+                rule(Some(3), 3),
+                vec![
+                    topup("top_1", Some(1), "succeeded"),
+                    topup("top_2", Some(2), "requires_action"),
+                    topup("top_3", Some(3), "pending")
+                ]
+            )
+            .iter()
+            .any(|problem| problem.contains("2 open auto top-ups"))
+        );
+        assert!(problems(rule(Some(3), 3), vec![topup("top_3", Some(3), "pending")]).is_empty());
+        assert!(problems(rule(None, 2), vec![topup("top_2", Some(2), "requires_action")]).is_empty());
+        assert!(
+            problems(rule(Some(2), 2), vec![topup("top_2", Some(2), "failed")])[0]
+                .contains("no pending auto top-up")
+        );
+        assert!(
+            problems(rule(None, 2), vec![topup("top_2", Some(2), "pending")])[0]
+                .contains("nothing in flight")
+        );
+        assert!(
+            problems(rule(None, 1), vec![topup("top_2", Some(2), "failed")])[0]
+                .contains("beyond the rule's last sequence")
+        );
+        assert!(
+            problems(rule(None, 1), vec![topup("top_2", None, "failed")])[0].contains("no recharge sequence")
+        );
     }
 
     #[test]

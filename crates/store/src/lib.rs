@@ -13,6 +13,7 @@ mod invariants;
 mod payments;
 mod portal;
 pub mod postgres;
+mod recharge;
 mod records;
 pub mod sqlite;
 pub mod testing;
@@ -22,14 +23,16 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tollgate_core::{
     AccountId, Actor, Clock, GrantCommand, HoldCommand, HoldStatus, InsufficientFunds, InvalidRefund, Micros,
-    NewAccount, NewTopup, PriceBook, Quantity, TierBasis, Timestamp, TopupOutcome, UsageCommand,
+    NewAccount, NewTopup, PriceBook, Quantity, TierBasis, Timestamp, TopupLimits, TopupOutcome, UsageCommand,
 };
 
 pub use portal::{NewPortalSession, PORTAL_CLEANUP_BATCH, PortalSessionRecord};
+pub use recharge::MAX_AUTO_RECHARGE_BATCH;
 pub use records::{
-    AccountRecord, ApiKeyRecord, AuditRecord, CardRecord, CardSetupResult, DisputeApplied, DisputeNews,
-    HoldRecord, Idempotent, LedgerReport, MAX_PAGE_SIZE, Page, PageRequest, PaymentProfile, RefundRecord,
-    RefundRequest, RefundState, TopupRecord, TransactionLine, UsageRecord,
+    AccountRecord, ApiKeyRecord, AuditRecord, AutoRechargeChange, AutoRechargeRecord, AutoRechargeStart,
+    CardRecord, CardSetupResult, DisputeApplied, DisputeNews, HoldRecord, Idempotent, LedgerReport,
+    MAX_PAGE_SIZE, Page, PageRequest, PaymentProfile, RefundRecord, RefundRequest, RefundState, TopupRecord,
+    TransactionLine, UsageRecord,
 };
 
 /// Largest number of open top-ups one recovery pass looks at.
@@ -104,6 +107,9 @@ pub enum StoreError {
     /// The processor's news contradicts what is stored (another payment for the same top-up, …).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// Auto Top-Up cannot be switched on without a saved card.
+    #[error("the account has no payment method: add a card first")]
+    NoPaymentMethod,
     /// The database failed; nothing was written.
     #[error("database error: {0}")]
     Database(String),
@@ -192,7 +198,7 @@ pub trait Store: Send + Sync + 'static {
         card: CardRecord,
         actor: Actor,
     ) -> StoreResult<CardSetupResult>;
-    /// Removes the account's card (if any) and returns it.
+    /// Removes the account's card (if any) and returns it; Auto Top-Up is switched off with it.
     async fn remove_card(&self, account: &AccountId, actor: Actor) -> StoreResult<Option<CardRecord>>;
     /// Records a top-up (pending) once per idempotency key, before anything is sent to the processor.
     async fn create_topup(&self, topup: NewTopup) -> StoreResult<Idempotent<TopupRecord>>;
@@ -204,7 +210,8 @@ pub trait Store: Send + Sync + 'static {
         payment_reference: Option<String>,
     ) -> StoreResult<TopupRecord>;
     /// Applies what the processor says happened; a success credits the balance exactly once,
-    /// whichever of the return, the webhook or a recovery pass reports it first.
+    /// whichever of the return, the webhook or a recovery pass reports it first. An auto top-up's
+    /// first outcome resolves its Auto Top-Up rule in the same transaction.
     async fn settle_topup(&self, topup_id: &str, outcome: TopupOutcome) -> StoreResult<TopupRecord>;
     /// One top-up.
     async fn topup(&self, topup_id: &str) -> StoreResult<TopupRecord>;
@@ -235,6 +242,36 @@ pub trait Store: Send + Sync + 'static {
     async fn apply_dispute(&self, news: DisputeNews) -> StoreResult<Option<DisputeApplied>>;
     /// Records a processor webhook event as applied; false when it was recorded before.
     async fn record_processor_event(&self, event_id: &str, event_type: &str) -> StoreResult<bool>;
+
+    /// The account's Auto Top-Up (off, with the default cap, when never configured), with
+    /// what it recharged in the current billing cycle.
+    async fn auto_recharge(&self, account: &AccountId) -> StoreResult<AutoRechargeRecord>;
+    /// Saves Auto Top-Up settings under the account's lock, audited with `actor`. Switching
+    /// on needs a card ([`StoreError::NoPaymentMethod`]); a change of the settings re-arms the
+    /// rule; switching off stops new recharges, while one in flight is still resolved.
+    async fn set_auto_recharge(
+        &self,
+        account: &AccountId,
+        change: AutoRechargeChange,
+        actor: Actor,
+    ) -> StoreResult<AutoRechargeRecord>;
+    /// Accounts (at most `limit`, itself at most [`MAX_AUTO_RECHARGE_BATCH`], in id order) whose
+    /// switched-on rule is below its threshold at `now`, with no open auto top-up and not
+    /// cooling down or capped: the ones [`Store::begin_auto_recharge`] should be asked about.
+    async fn due_auto_recharges(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<AccountId>>;
+    /// Decides, under the account's lock, whether a recharge starts now; if so records its
+    /// pending auto top-up and the rule in flight, in one transaction. At most one auto top-up
+    /// is open per account whatever the number of callers and processes (a unique index is
+    /// the backstop: losing to it reads as [`tollgate_core::RechargeBlocked::InFlight`]).
+    async fn begin_auto_recharge(
+        &self,
+        account: &AccountId,
+        limits: TopupLimits,
+    ) -> StoreResult<AutoRechargeStart>;
+    /// Open (pending or waiting for the customer) auto top-ups, oldest first, at most `limit`
+    /// (itself at most [`MAX_AUTO_RECHARGE_BATCH`]): what a worker resumes after a restart.
+    /// [`Store::open_topups`] lists them too, among the other open top-ups.
+    async fn open_auto_recharges(&self, limit: usize) -> StoreResult<Vec<TopupRecord>>;
 
     /// Records a billing page link (by its token's hash), removing a bounded batch of
     /// expired links and sessions on the way.

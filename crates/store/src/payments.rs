@@ -393,6 +393,7 @@ mod tests {
             created_at: now,
             updated_at: now,
             succeeded_at: None,
+            recharge_sequence: None,
         }
     }
 

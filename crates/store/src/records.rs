@@ -1,9 +1,9 @@
 //! What the store returns: plain records of stored state.
 
 use tollgate_core::{
-    AccountId, AccountPlan, ActionId, Actor, Balances, BillingMode, CycleAnchor, DisputeStatus, HoldStatus,
-    IdempotencyKey, Micros, PriceSource, Quantity, SpendState, TierId, Timestamp, TopupSource, TopupStatus,
-    TransactionKind,
+    AccountId, AccountPlan, ActionId, Actor, AutoRechargeSettings, Balances, BillingMode, CycleAnchor,
+    DisputeStatus, HoldStatus, IdempotencyKey, Micros, PriceSource, Quantity, RechargeBlocked, RechargeRule,
+    SpendState, TierId, Timestamp, TopupSource, TopupStatus, TransactionKind,
 };
 
 /// Largest page a list may return.
@@ -293,6 +293,8 @@ pub struct TopupRecord {
     pub updated_at: Timestamp,
     /// When it was credited.
     pub succeeded_at: Option<Timestamp>,
+    /// For an auto top-up, the recharge's sequence number (its processor key derives from it).
+    pub recharge_sequence: Option<u64>,
 }
 
 /// A request to refund (part of) a paid top-up.
@@ -401,4 +403,55 @@ pub struct DisputeApplied {
     pub topup: TopupRecord,
     /// The journal line written, if money moved.
     pub line: Option<TransactionLine>,
+}
+
+/// An account's Auto Top-Up: its settings, the state of its rule and how much it
+/// recharged in the current billing cycle.
+///
+/// An account that never saved settings reads as off: the default rule, no settings,
+/// the default monthly cap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AutoRechargeRecord {
+    /// Whose.
+    pub account: AccountId,
+    /// On or off, its status as recorded, and the last recharge sequence handed out
+    /// (see [`RechargeRule::status_at`] for what the status means now).
+    pub rule: RechargeRule,
+    /// Threshold and target, once saved.
+    pub settings: Option<AutoRechargeSettings>,
+    /// Most money auto top-ups may charge per billing cycle.
+    pub monthly_cap: Micros,
+    /// What succeeded auto top-ups charged in the current cycle.
+    pub recharged_this_cycle: Micros,
+    /// Start of the current billing cycle (the cap's period).
+    pub cycle_start: Timestamp,
+    /// When the settings or the rule last changed (`None`: never configured).
+    pub updated_at: Option<Timestamp>,
+}
+
+/// What the customer saves: on or off, threshold and target, and optionally a new
+/// monthly cap (`None` keeps the one saved, [`tollgate_core::recharge::DEFAULT_MONTHLY_RECHARGE_CAP`]
+/// at first).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AutoRechargeChange {
+    /// Switch it on (needs a saved card) or off.
+    pub enabled: bool,
+    /// Threshold and target, checked already.
+    pub settings: AutoRechargeSettings,
+    /// Zero or more, in whole cents (validated by the caller; the store refuses
+    /// anything else as a [`crate::StoreError::Database`] error, writing nothing).
+    pub monthly_cap: Option<Micros>,
+}
+
+/// What asking to begin a recharge did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AutoRechargeStart {
+    /// A recharge started: this pending auto top-up is to be charged (under the key
+    /// derived from its recharge sequence).
+    Started(Box<TopupRecord>),
+    /// The available balance is not below the threshold (or nothing is configured).
+    NotDue,
+    /// Below the threshold, but no recharge may start (off, one in flight, cooling
+    /// down, monthly cap reached).
+    Blocked(RechargeBlocked),
 }

@@ -130,6 +130,9 @@ pub async fn run(database_url: &str, config: Config, args: ServeArgs) -> anyhow:
         config.recovery_interval_ms,
         config.recovery_min_age_seconds,
     );
+    let auto_recharge = payments
+        .billing
+        .spawn_auto_recharge_worker(tollgate_billing::AUTO_RECHARGE_POLL_INTERVAL_MS);
     let state = AppState::with_billing(
         store.clone(),
         WebConfig {
@@ -178,6 +181,7 @@ pub async fn run(database_url: &str, config: Config, args: ServeArgs) -> anyhow:
         .context("serving HTTP")?;
     sweeper.abort();
     recovery.abort();
+    auto_recharge.abort();
     if let Some(sandbox) = payments.sandbox {
         sandbox.shutdown().await;
     }

@@ -215,3 +215,264 @@ async fn three_processes_one_database_exact_charges_through_a_sigkill() {
     assert!(verified.status.success(), "ledger verify failed: {report}");
     assert!(report.contains("ledger OK"));
 }
+
+/// A `tollgate stripe-sandbox` process that the three servers share, as they would
+/// share Stripe.
+struct SharedSandbox {
+    child: Child,
+    url: String,
+}
+
+impl Drop for SharedSandbox {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const SANDBOX_SECRET: &str = "whsec_multiprocess";
+
+fn start_sandbox() -> SharedSandbox {
+    // A free port: bound, read, released, then handed to the sandbox.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["stripe-sandbox", "--addr", &addr, "--webhook-secret", SANDBOX_SECRET])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the sandbox starts");
+    let url = format!("http://{addr}");
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(&addr).is_ok() {
+            return SharedSandbox { child, url };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("the sandbox did not start on {addr}");
+}
+
+fn start_with_stripe(database_url: &str, sandbox: &SharedSandbox) -> Server {
+    let mut command = tollgate(database_url);
+    command
+        .env("TOLLGATE_STRIPE_SECRET_KEY", "sk_test_multiprocess")
+        .env("TOLLGATE_STRIPE_API_BASE", &sandbox.url)
+        .env("TOLLGATE_STRIPE_WEBHOOK_SECRET", SANDBOX_SECRET)
+        .arg("serve")
+        .stdout(Stdio::piped());
+    let mut child = command.spawn().expect("tollgate starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut url = None;
+    for line in lines.by_ref() {
+        let line = line.expect("banner line");
+        if let Some(rest) = line.strip_prefix("Tollgate is running at ") {
+            url = Some(rest.trim().to_owned());
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Server {
+        child,
+        url: url.expect("the banner prints the URL"),
+    }
+}
+
+async fn get_json(client: &reqwest::Client, url: &str) -> Value {
+    client
+        .get(url)
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_processes_recharge_once_per_crossing_through_a_sigkill() {
+    let database = TestDatabase::of(Backend::Postgres);
+    let url = database.url().to_owned();
+    let migrated = tollgate(&url).arg("migrate").output().expect("tollgate migrate runs");
+    assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
+    let sandbox = start_sandbox();
+    let mut servers: Vec<Server> = (0..3).map(|_| start_with_stripe(&url, &sandbox)).collect();
+    let urls: Arc<Vec<String>> = Arc::new(servers.iter().map(|server| server.url.clone()).collect());
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    // Stripe's webhooks go to the first process (the one that is never killed).
+    client
+        .post(format!("{}/__sandbox/webhooks/config", sandbox.url))
+        .json(&json!({"url": format!("{}/webhooks/stripe", urls[0])}))
+        .send()
+        .await
+        .unwrap();
+
+    let created = client
+        .post(format!("{}/v1/accounts", urls[0]))
+        .bearer_auth(KEY)
+        .json(&json!({"id": "acme", "name": "Acme", "email": "billing@acme.test"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+    // A card, saved through the hosted page and the second process's return endpoint.
+    let setup: Value = client
+        .post(format!("{}/v1/accounts/acme/payment_method/setup", urls[1]))
+        .bearer_auth(KEY)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let page = setup["url"].as_str().expect("hosted page url").to_owned();
+    let paid = client
+        .post(&page)
+        .form(&[
+            ("cardNumber", "4242424242424242"),
+            ("cardExpiry", "12 / 34"),
+            ("cardCvc", "123"),
+            ("billingName", "Acme"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paid.status().as_u16(), 303);
+    let back = paid.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(client.get(&back).send().await.unwrap().status().as_u16(), 303);
+    let funded = client
+        .post(format!("{}/v1/accounts/acme/grants", urls[2]))
+        .bearer_auth(KEY)
+        .json(&json!({"amount": "60.00", "reason": "funding"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(funded.status().as_u16(), 201);
+    let rule = client
+        .put(format!("{}/v1/accounts/acme/auto_recharge", urls[0]))
+        .bearer_auth(KEY)
+        .json(&json!({"enabled": true, "threshold": "50.00", "target": "100.00"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rule.status().as_u16(), 200);
+
+    // 64 clients, 128 distinct keys of $0.24 (12 API requests), each key sent to two
+    // processes at once: $30.72 in all, so the balance crosses $50 once, and every
+    // process's worker races to recharge it.
+    const CROSSING_KEYS: usize = 128;
+    let next = Arc::new(AtomicUsize::new(0));
+    let killed = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (next, killed, urls, client) = (next.clone(), killed.clone(), urls.clone(), client.clone());
+            tokio::spawn(async move {
+                loop {
+                    let key_index = next.fetch_add(1, Ordering::SeqCst);
+                    if key_index >= CROSSING_KEYS {
+                        break;
+                    }
+                    let key = format!("cross-{key_index}");
+                    let (first, second) = tokio::join!(
+                        charge_api(&client, &urls, &killed, key_index % 3, &key),
+                        charge_api(&client, &urls, &killed, key_index % 3 + 1, &key),
+                    );
+                    assert_eq!(first.0, 200, "{}", first.1);
+                    assert_eq!(first.1["id"], second.1["id"], "one charge per key");
+                }
+            })
+        })
+        .collect();
+    while next.load(Ordering::SeqCst) < CROSSING_KEYS / 3 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    killed.store(true, Ordering::SeqCst);
+    servers[2].child.kill().expect("SIGKILL the third process");
+    let _ = servers[2].child.wait();
+    for task in tasks {
+        task.await.unwrap();
+    }
+
+    // Wait for the recharge to land, then for anything else that might (it must not).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let account = get_json(&client, &format!("{}/v1/accounts/acme", urls[0])).await;
+        if account["auto_recharge"]["status"] == "active" && account["auto_recharge"]["recharged_this_cycle"] != "0.00" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no recharge: {account}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    let lines = get_json(&client, &format!("{}/v1/accounts/acme/transactions?limit=100", urls[1])).await;
+    let recharges: Vec<&Value> = lines["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|line| line["type"] == "auto_recharge")
+        .collect();
+    assert_eq!(recharges.len(), 1, "exactly one recharge for one crossing: {recharges:?}");
+    let state = get_json(&client, &format!("{}/__sandbox/state", sandbox.url)).await;
+    let succeeded = state["charges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|charge| charge["status"] == "succeeded")
+        .count();
+    assert_eq!(succeeded, 1, "exactly one card charge: {}", state["charges"]);
+    let account = get_json(&client, &format!("{}/v1/accounts/acme", urls[0])).await;
+    let balance = tollgate_core::Micros::parse(account["balance"].as_str().unwrap()).unwrap();
+    let recharged = tollgate_core::Micros::parse(recharges[0]["amount"].as_str().unwrap()).unwrap();
+    let spent = tollgate_core::Micros::parse("30.72").unwrap();
+    let funded = tollgate_core::Micros::parse("60.00").unwrap();
+    assert_eq!(
+        balance,
+        funded.checked_sub(spent).unwrap().checked_add(recharged).unwrap(),
+        "no cent created or lost: {account}"
+    );
+
+    drop(servers);
+    let verified = tollgate(&url).args(["ledger", "verify"]).output().expect("verify runs");
+    let report = String::from_utf8_lossy(&verified.stdout).into_owned();
+    assert!(verified.status.success(), "ledger verify failed: {report}");
+}
+
+/// One `api` charge of 12 requests ($0.24), moving to a live process when one does not answer.
+async fn charge_api(
+    client: &reqwest::Client,
+    urls: &[String],
+    killed: &AtomicBool,
+    first: usize,
+    key: &str,
+) -> (u16, Value) {
+    for attempt in 0..20 {
+        let mut index = (first + attempt) % urls.len();
+        if killed.load(Ordering::SeqCst) && index == 2 {
+            index = attempt % 2;
+        }
+        let sent = client
+            .post(format!("{}/v1/accounts/acme/usage", urls[index]))
+            .bearer_auth(KEY)
+            .json(&json!({"action": "api", "quantity": 12, "idempotency_key": key}))
+            .send()
+            .await;
+        if let Ok(response) = sent {
+            let status = response.status().as_u16();
+            if let Ok(body) = response.json::<Value>().await
+                && status < 500
+            {
+                return (status, body);
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("no process answered for key {key}");
+}

@@ -311,6 +311,10 @@ impl From<StoreError> for ApiError {
                 ApiError::new(ErrorCode::InvalidRefund, reason.to_string()).with_param("amount")
             }
             StoreError::Conflict(reason) => ApiError::new(ErrorCode::Conflict, reason),
+            StoreError::NoPaymentMethod => ApiError::new(
+                ErrorCode::NoPaymentMethod,
+                "the account has no payment method: add a card first",
+            ),
             StoreError::Database(cause) => ApiError::internal(&cause),
             StoreError::Unavailable => ApiError::new(
                 ErrorCode::ServiceUnavailable,

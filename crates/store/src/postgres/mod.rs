@@ -15,6 +15,7 @@
 mod ops;
 mod payments;
 mod portal;
+mod recharge;
 mod rows;
 mod verify;
 
@@ -641,10 +642,55 @@ impl Store for PgStore {
         .await)
     }
 
+    async fn auto_recharge(&self, account: &AccountId) -> StoreResult<crate::AutoRechargeRecord> {
+        read!(self, |tx, context| recharge::auto_recharge(
+            &tx,
+            account,
+            context.now
+        )
+        .await)
+    }
+
+    async fn set_auto_recharge(
+        &self,
+        account: &AccountId,
+        change: crate::AutoRechargeChange,
+        actor: Actor,
+    ) -> StoreResult<crate::AutoRechargeRecord> {
+        let (change, actor) = (&change, &actor);
+        transaction!(self, |tx, context| recharge::set_auto_recharge(
+            &tx, &context, account, change, actor
+        )
+        .await)
+    }
+
+    async fn due_auto_recharges(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<AccountId>> {
+        read!(self, |tx, _context| recharge::due_auto_recharges(&tx, now, limit)
+            .await)
+    }
+
+    async fn begin_auto_recharge(
+        &self,
+        account: &AccountId,
+        limits: tollgate_core::TopupLimits,
+    ) -> StoreResult<crate::AutoRechargeStart> {
+        transaction!(self, |tx, context| recharge::begin_auto_recharge(
+            &tx, &context, account, limits
+        )
+        .await)
+    }
+
+    async fn open_auto_recharges(&self, limit: usize) -> StoreResult<Vec<TopupRecord>> {
+        read!(self, |tx, _context| recharge::open_auto_recharges(&tx, limit)
+            .await)
+    }
+
     async fn create_portal_session(&self, session: crate::NewPortalSession) -> StoreResult<()> {
         let session = &session;
-        transaction!(self, |tx, context| portal::create_portal_session(&tx, &context, session)
-            .await)
+        transaction!(self, |tx, context| portal::create_portal_session(
+            &tx, &context, session
+        )
+        .await)
     }
 
     async fn redeem_portal_link(
@@ -664,7 +710,11 @@ impl Store for PgStore {
     }
 
     async fn portal_session(&self, session_hash: &str) -> StoreResult<Option<crate::PortalSessionRecord>> {
-        read!(self, |tx, context| portal::portal_session(&tx, &context, session_hash)
-            .await)
+        read!(self, |tx, context| portal::portal_session(
+            &tx,
+            &context,
+            session_hash
+        )
+        .await)
     }
 }

@@ -20,6 +20,7 @@ use tollgate_core::{
 
 use super::PgResult;
 use super::ops::{self, Context, JournalWrite};
+use super::recharge;
 use super::rows::{self, StoredAccount};
 use crate::decide::not_found;
 use crate::payments::{
@@ -271,6 +272,8 @@ async fn adopt_locked<C: GenericClient + Sync>(
         });
     }
     let replaced = write_card(client, context, account, Some(card), actor).await?;
+    // A new card may succeed where the old one failed: Auto Top-Up arms again.
+    recharge::after_new_card(client, context, account).await?;
     Ok(CardSetupResult {
         applied: true,
         replaced,
@@ -301,30 +304,37 @@ pub async fn remove_card<C: GenericClient + Sync>(
     if payment_profile(client, account).await?.card.is_none() {
         return Ok(None);
     }
-    write_card(client, context, account, None, actor).await
+    let removed = write_card(client, context, account, None, actor).await?;
+    // Without a card Auto Top-Up cannot charge: it is switched off with the card.
+    recharge::after_card_gone(client, context, account, actor).await?;
+    Ok(removed)
 }
 
 // ---------------------------------------------------------------------------
 // Top-ups
 
-const TOPUP_COLUMNS: &str = "t.id, t.account_id, t.amount_micros, t.source, t.status, t.idempotency_key, \
-     t.checkout_session_id, t.payment_reference, t.charge_reference, t.card_brand, t.card_last4, \
-     t.failure_code, t.failure_message, t.credited_transaction_id, j.available_after_micros, \
-     j.held_after_micros, t.refunded_micros, t.disputed_micros, t.created_at, t.updated_at, t.succeeded_at";
+pub(super) const TOPUP_COLUMNS: &str = "t.id, t.account_id, t.amount_micros, t.source, t.status, \
+     t.idempotency_key, t.checkout_session_id, t.payment_reference, t.charge_reference, t.card_brand, \
+     t.card_last4, t.failure_code, t.failure_message, t.credited_transaction_id, j.available_after_micros, \
+     j.held_after_micros, t.refunded_micros, t.disputed_micros, t.created_at, t.updated_at, t.succeeded_at, \
+     t.recharge_sequence";
 
-const TOPUP_FROM: &str = "topups t LEFT JOIN journal_transactions j ON j.id = t.credited_transaction_id";
+pub(super) const TOPUP_FROM: &str =
+    "topups t LEFT JOIN journal_transactions j ON j.id = t.credited_transaction_id";
 
-fn topup_row(row: &Row) -> PgResult<TopupRecord> {
+pub(super) fn topup_row(row: &Row) -> PgResult<TopupRecord> {
     let id: String = row.try_get(0)?;
     let account: String = row.try_get(1)?;
     let source: String = row.try_get(3)?;
     let status: String = row.try_get(4)?;
     let available_after: Option<i64> = row.try_get(14)?;
     let held_after: Option<i64> = row.try_get(15)?;
-    let (Ok(account), Some(source), Some(status)) = (
+    let recharge_sequence: Option<i64> = row.try_get(21)?;
+    let (Ok(account), Some(source), Some(status), Ok(recharge_sequence)) = (
         rows::account_id(&account),
         TopupSource::parse(&source),
         TopupStatus::parse(&status),
+        recharge_sequence.map(u64::try_from).transpose(),
     ) else {
         return Err(corrupt("top-up", &id).into());
     };
@@ -352,6 +362,7 @@ fn topup_row(row: &Row) -> PgResult<TopupRecord> {
         created_at: from_unix_micros(row.try_get(18)?),
         updated_at: from_unix_micros(row.try_get(19)?),
         succeeded_at: row.try_get::<_, Option<i64>>(20)?.map(from_unix_micros),
+        recharge_sequence,
     })
 }
 
@@ -459,6 +470,7 @@ pub async fn create_topup<C: GenericClient + Sync>(
     context: &Context<'_>,
     topup: &NewTopup,
 ) -> PgResult<Idempotent<TopupRecord>> {
+    crate::recharge::refuse_manual_auto_topup(topup.source)?;
     // The lock first: a concurrent request with the same key has committed (or not
     // started) by the time the key is looked up.
     lock(client, &topup.account).await?;
@@ -677,6 +689,8 @@ pub async fn settle_topup<C: GenericClient + Sync>(
         // Unreachable under the row lock; refusing keeps the money where it is.
         return Err(StoreError::Database(format!("top-up {topup_id} was settled concurrently")).into());
     }
+    // An auto top-up's outcome resolves its rule, in the same transaction.
+    recharge::after_settle(client, context, &topup, outcome).await?;
     load_topup(client, topup_id).await
 }
 

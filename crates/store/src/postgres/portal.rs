@@ -41,7 +41,10 @@ pub async fn create_portal_session<C: GenericClient + Sync>(
         )
         .await?;
     if client
-        .query_opt("SELECT 1 FROM accounts WHERE id = $1", &[&session.account.as_str()])
+        .query_opt(
+            "SELECT 1 FROM accounts WHERE id = $1",
+            &[&session.account.as_str()],
+        )
         .await?
         .is_none()
     {
@@ -96,7 +99,9 @@ pub async fn portal_session<C: GenericClient + Sync>(
 ) -> PgResult<Option<PortalSessionRecord>> {
     let row = client
         .query_opt(
-            &format!("SELECT {RETURNED} FROM portal_sessions WHERE session_hash = $1 AND session_expires_at > $2"),
+            &format!(
+                "SELECT {RETURNED} FROM portal_sessions WHERE session_hash = $1 AND session_expires_at > $2"
+            ),
             &[&session_hash, &to_unix_micros(context.now)],
         )
         .await?;

@@ -5,7 +5,9 @@ use tokio_postgres::Transaction;
 
 use super::PgResult;
 use crate::LedgerReport;
-use crate::invariants::{AccountFacts, JournalFacts, LedgerCheck, TopupFacts, UsageFacts};
+use crate::invariants::{
+    AccountFacts, AutoTopupFacts, JournalFacts, LedgerCheck, RechargeRuleFacts, TopupFacts, UsageFacts,
+};
 
 /// Checks every invariant; problems are collected, never fixed.
 pub async fn verify(tx: &Transaction<'_>) -> PgResult<LedgerReport> {
@@ -148,5 +150,32 @@ pub async fn verify(tx: &Transaction<'_>) -> PgResult<LedgerReport> {
         )
         .await?;
     check.card_credits(credits.try_get(0)?, credits.try_get(1)?);
+    for row in tx
+        .query(
+            "SELECT account_id, in_flight_sequence, last_sequence FROM auto_recharge_rules",
+            &[],
+        )
+        .await?
+    {
+        check.recharge_rule(RechargeRuleFacts {
+            account: row.try_get(0)?,
+            in_flight: row.try_get(1)?,
+            last_sequence: row.try_get(2)?,
+        });
+    }
+    for row in tx
+        .query(
+            "SELECT id, account_id, recharge_sequence, status FROM topups WHERE source = 'auto_recharge'",
+            &[],
+        )
+        .await?
+    {
+        check.auto_topup(AutoTopupFacts {
+            id: row.try_get(0)?,
+            account: row.try_get(1)?,
+            sequence: row.try_get(2)?,
+            status: row.try_get(3)?,
+        });
+    }
     Ok(check.finish())
 }

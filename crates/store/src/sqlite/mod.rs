@@ -4,6 +4,7 @@
 mod ops;
 mod payments;
 mod portal;
+mod recharge;
 mod rows;
 mod verify;
 mod writer;
@@ -470,6 +471,45 @@ impl Store for SqliteStore {
         let (event_id, event_type) = (event_id.to_owned(), event_type.to_owned());
         self.writer
             .write(move |context| payments::record_processor_event(context, &event_id, &event_type))
+            .await
+    }
+
+    async fn auto_recharge(&self, account: &AccountId) -> StoreResult<crate::AutoRechargeRecord> {
+        let account = account.clone();
+        self.read(move |connection, now, _| recharge::auto_recharge(connection, &account, now))
+            .await
+    }
+
+    async fn set_auto_recharge(
+        &self,
+        account: &AccountId,
+        change: crate::AutoRechargeChange,
+        actor: Actor,
+    ) -> StoreResult<crate::AutoRechargeRecord> {
+        let account = account.clone();
+        self.writer
+            .write(move |context| recharge::set_auto_recharge(context, &account, &change, &actor))
+            .await
+    }
+
+    async fn due_auto_recharges(&self, now: Timestamp, limit: usize) -> StoreResult<Vec<AccountId>> {
+        self.read(move |connection, _, _| recharge::due_auto_recharges(connection, now, limit))
+            .await
+    }
+
+    async fn begin_auto_recharge(
+        &self,
+        account: &AccountId,
+        limits: tollgate_core::TopupLimits,
+    ) -> StoreResult<crate::AutoRechargeStart> {
+        let account = account.clone();
+        self.writer
+            .write(move |context| recharge::begin_auto_recharge(context, &account, limits))
+            .await
+    }
+
+    async fn open_auto_recharges(&self, limit: usize) -> StoreResult<Vec<TopupRecord>> {
+        self.read(move |connection, _, _| recharge::open_auto_recharges(connection, limit))
             .await
     }
 

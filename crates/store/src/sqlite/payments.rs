@@ -10,6 +10,7 @@ use tollgate_core::{
 };
 
 use super::ops::{self, JournalWrite};
+use super::recharge;
 use super::rows::{self, StoredAccount};
 use super::writer::WriteContext;
 use crate::decide::not_found;
@@ -204,6 +205,8 @@ pub fn adopt_card(
         });
     }
     let replaced = write_card(context, account, Some(card), actor)?;
+    // A new card may succeed where the old one failed: Auto Top-Up arms again.
+    recharge::after_new_card(context, account)?;
     Ok(CardSetupResult {
         applied: true,
         replaced,
@@ -219,30 +222,37 @@ pub fn remove_card(
     if payment_profile(context.connection, account)?.card.is_none() {
         return Ok(None);
     }
-    write_card(context, account, None, actor)
+    let removed = write_card(context, account, None, actor)?;
+    // Without a card Auto Top-Up cannot charge: it is switched off with the card.
+    recharge::after_card_gone(context, account, actor)?;
+    Ok(removed)
 }
 
 // ---------------------------------------------------------------------------
 // Top-ups
 
-const TOPUP_COLUMNS: &str = "t.id, t.account_id, t.amount_micros, t.source, t.status, t.idempotency_key, \
-     t.checkout_session_id, t.payment_reference, t.charge_reference, t.card_brand, t.card_last4, \
-     t.failure_code, t.failure_message, t.credited_transaction_id, j.available_after_micros, \
-     j.held_after_micros, t.refunded_micros, t.disputed_micros, t.created_at, t.updated_at, t.succeeded_at";
+pub(super) const TOPUP_COLUMNS: &str = "t.id, t.account_id, t.amount_micros, t.source, t.status, \
+     t.idempotency_key, t.checkout_session_id, t.payment_reference, t.charge_reference, t.card_brand, \
+     t.card_last4, t.failure_code, t.failure_message, t.credited_transaction_id, j.available_after_micros, \
+     j.held_after_micros, t.refunded_micros, t.disputed_micros, t.created_at, t.updated_at, t.succeeded_at, \
+     t.recharge_sequence";
 
-const TOPUP_FROM: &str = "topups t LEFT JOIN journal_transactions j ON j.id = t.credited_transaction_id";
+pub(super) const TOPUP_FROM: &str =
+    "topups t LEFT JOIN journal_transactions j ON j.id = t.credited_transaction_id";
 
 /// Maps a row; the inner result reports stored values that no longer parse.
-fn topup_row(row: &Row<'_>) -> rusqlite::Result<StoreResult<TopupRecord>> {
+pub(super) fn topup_row(row: &Row<'_>) -> rusqlite::Result<StoreResult<TopupRecord>> {
     let account: String = row.get(1)?;
     let source: String = row.get(3)?;
     let status: String = row.get(4)?;
     let available_after: Option<i64> = row.get(14)?;
     let held_after: Option<i64> = row.get(15)?;
-    let (Ok(account), Some(source), Some(status)) = (
+    let recharge_sequence: Option<i64> = row.get(21)?;
+    let (Ok(account), Some(source), Some(status), Ok(recharge_sequence)) = (
         rows::account_id(&account),
         TopupSource::parse(&source),
         TopupStatus::parse(&status),
+        recharge_sequence.map(u64::try_from).transpose(),
     ) else {
         return Ok(Err(corrupt("top-up", &row.get::<_, String>(0)?)));
     };
@@ -270,6 +280,7 @@ fn topup_row(row: &Row<'_>) -> rusqlite::Result<StoreResult<TopupRecord>> {
         created_at: from_unix_micros(row.get(18)?),
         updated_at: from_unix_micros(row.get(19)?),
         succeeded_at: row.get::<_, Option<i64>>(20)?.map(from_unix_micros),
+        recharge_sequence,
     }))
 }
 
@@ -356,6 +367,7 @@ pub fn open_topups(
 }
 
 pub fn create_topup(context: &WriteContext<'_>, topup: &NewTopup) -> StoreResult<Idempotent<TopupRecord>> {
+    crate::recharge::refuse_manual_auto_topup(topup.source)?;
     let fingerprint = topup.fingerprint();
     let existing: Option<(String, String)> = context
         .connection
@@ -563,6 +575,8 @@ pub fn settle_topup(
             to_unix_micros(context.now),
             topup.succeeded_at.map(to_unix_micros),
         ])?;
+    // An auto top-up's outcome resolves its rule, in the same transaction.
+    recharge::after_settle(context, &topup, outcome)?;
     load_topup(context.connection, topup_id)
 }
 

@@ -4,7 +4,9 @@
 use rusqlite::{Connection, params};
 
 use super::StoreRules;
-use crate::invariants::{AccountFacts, JournalFacts, LedgerCheck, TopupFacts, UsageFacts};
+use crate::invariants::{
+    AccountFacts, AutoTopupFacts, JournalFacts, LedgerCheck, RechargeRuleFacts, TopupFacts, UsageFacts,
+};
 use crate::{LedgerReport, StoreResult};
 
 /// Checks every invariant; problems are collected, never fixed.
@@ -135,5 +137,27 @@ fn verify_in_snapshot(connection: &Connection) -> StoreResult<LedgerReport> {
         |row| Ok((row.get(0)?, row.get(1)?)),
     )?;
     check.card_credits(journal_credits, credited_topups);
+    let mut statement = connection
+        .prepare("SELECT account_id, in_flight_sequence, last_sequence FROM auto_recharge_rules")?;
+    let mut rows = statement.query(params![])?;
+    while let Some(row) = rows.next()? {
+        check.recharge_rule(RechargeRuleFacts {
+            account: row.get(0)?,
+            in_flight: row.get(1)?,
+            last_sequence: row.get(2)?,
+        });
+    }
+    let mut statement = connection.prepare(
+        "SELECT id, account_id, recharge_sequence, status FROM topups WHERE source = 'auto_recharge'",
+    )?;
+    let mut rows = statement.query(params![])?;
+    while let Some(row) = rows.next()? {
+        check.auto_topup(AutoTopupFacts {
+            id: row.get(0)?,
+            account: row.get(1)?,
+            sequence: row.get(2)?,
+            status: row.get(3)?,
+        });
+    }
     Ok(check.finish())
 }

@@ -58,6 +58,7 @@ async fn render_with_card(
 ) -> Result<Account, ApiError> {
     let mut account = render(state, record)?;
     account.payment_method = card_of(state, &record.id).await?;
+    account.auto_recharge = crate::api::auto_recharge::auto_recharge_of(state, &record.id).await?;
     Ok(account)
 }
 

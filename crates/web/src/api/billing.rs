@@ -209,6 +209,7 @@ pub async fn billing_summary(
         &config.booking_url,
     )?;
     summary.payment_method = crate::api::accounts::card_of(&state, &account).await?;
+    summary.auto_recharge = crate::api::auto_recharge::auto_recharge_of(&state, &account).await?;
     Ok(Json(summary))
 }
 

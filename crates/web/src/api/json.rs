@@ -84,19 +84,34 @@ pub struct AutoRecharge {
     pub threshold: Option<String>,
     /// Recharge up to this balance.
     pub target: Option<String>,
-    /// `off`, `active`, `failed`, …
-    #[schema(example = "off")]
+    /// `off`, `active`, `in_progress`, `failed`, `action_required` or `cap_reached`.
+    #[schema(example = "active")]
     pub status: String,
+    /// Most auto-recharged money per billing cycle.
+    pub monthly_cap: Option<String>,
+    /// Auto-recharged so far this cycle.
+    pub recharged_this_cycle: Option<String>,
+    /// Why the last recharge failed (`card_declined`, `authentication_required`, …).
+    pub failure_code: Option<String>,
+    /// When it failed.
+    pub failed_at: Option<String>,
+    /// When the rule arms itself again after a failure (unless the card or settings change first).
+    pub retry_at: Option<String>,
 }
 
 impl AutoRecharge {
-    /// The placeholder every account shows until auto top-up is built.
+    /// A rule that was never switched on.
     pub fn off() -> AutoRecharge {
         AutoRecharge {
             enabled: false,
             threshold: None,
             target: None,
             status: "off".to_owned(),
+            monthly_cap: None,
+            recharged_this_cycle: None,
+            failure_code: None,
+            failed_at: None,
+            retry_at: None,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod audit;
+pub mod auto_recharge;
 pub mod billing;
 pub mod holds;
 pub mod json;
@@ -42,6 +43,7 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(payments::get_topup))
         .routes(routes!(payments::refund_topup))
         .routes(routes!(payments::topup_receipt))
+        .routes(routes!(auto_recharge::put_auto_recharge))
 }
 
 /// Routes open to anyone: health, metrics, the API description.

@@ -100,6 +100,7 @@ pub struct TestServer {
     pub billing: Option<Billing>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<std::io::Result<()>>>,
+    worker: Option<JoinHandle<()>>,
     _dir: TestDatabase,
 }
 
@@ -142,6 +143,9 @@ impl TestServer {
                 .pool_max_idle_per_host(64)
                 .build()
                 .unwrap(),
+            worker: billing
+                .as_ref()
+                .map(|billing| billing.spawn_auto_recharge_worker(payments::WORKER_INTERVAL_MS)),
             store: parts.store,
             clock: parts.clock,
             sandbox,
@@ -254,6 +258,9 @@ impl Drop for TestServer {
         }
         if let Some(server) = self.server.take() {
             server.abort();
+        }
+        if let Some(worker) = self.worker.take() {
+            worker.abort();
         }
     }
 }

@@ -12,6 +12,8 @@ use tollgate_stripe_sandbox::{RetryPolicy, Sandbox, SandboxConfig};
 
 use super::{Parts, TestServer};
 
+/// How often the test servers' auto top-up worker polls.
+pub const WORKER_INTERVAL_MS: u64 = 20;
 /// The webhook secret every test sandbox signs with.
 pub const WEBHOOK_SECRET: &str = "whsec_tollgate_web_tests";
 /// Succeeds.
