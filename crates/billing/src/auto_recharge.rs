@@ -107,10 +107,7 @@ impl Billing {
                 self.charge_recharge(worker, topup, &mut report).await;
             }
         }
-        let due = self
-            .store
-            .due_auto_recharges(now, AUTO_RECHARGE_BATCH)
-            .await?;
+        let due = self.store.due_auto_recharges(now, AUTO_RECHARGE_BATCH).await?;
         for account in due {
             match self
                 .store
@@ -129,7 +126,12 @@ impl Billing {
         Ok(report)
     }
 
-    async fn charge_recharge(&self, worker: &AutoRechargeWorker, topup: TopupRecord, report: &mut AutoRechargeReport) {
+    async fn charge_recharge(
+        &self,
+        worker: &AutoRechargeWorker,
+        topup: TopupRecord,
+        report: &mut AutoRechargeReport,
+    ) {
         report.charged += 1;
         let id = topup.id.clone();
         let account = topup.account.clone();
@@ -139,13 +141,20 @@ impl Billing {
                 report.succeeded += 1;
                 tracing::info!(account = %account, topup = %id, "auto top-up succeeded");
             }
-            Ok(settled) if !settled.status.is_open() || settled.status == tollgate_core::TopupStatus::RequiresAction => {
+            Ok(settled)
+                if !settled.status.is_open()
+                    || settled.status == tollgate_core::TopupStatus::RequiresAction =>
+            {
                 worker.forget(&id);
                 if settled.status == tollgate_core::TopupStatus::RequiresAction {
                     // Nobody is there to authenticate an off-session charge: the rule asks
                     // the customer for action (settled above), and this payment is closed so
                     // that it does not hold the account's one open recharge forever.
-                    if let Err(error) = self.store.settle_topup(&id, tollgate_core::TopupOutcome::Canceled).await {
+                    if let Err(error) = self
+                        .store
+                        .settle_topup(&id, tollgate_core::TopupOutcome::Canceled)
+                        .await
+                    {
                         tracing::warn!(topup = %id, %error, "could not close an auto top-up that needs authentication");
                     }
                 }

@@ -29,7 +29,9 @@ use tollgate_stripe::{
     ACCOUNT_METADATA_KEY, CustomerId, Payments, PaymentsError, WebhookError, WebhookVerifier,
 };
 
-pub use auto_recharge::{AUTO_RECHARGE_BATCH, AUTO_RECHARGE_POLL_INTERVAL_MS, AutoRechargeReport, AutoRechargeWorker};
+pub use auto_recharge::{
+    AUTO_RECHARGE_BATCH, AUTO_RECHARGE_POLL_INTERVAL_MS, AutoRechargeReport, AutoRechargeWorker,
+};
 pub use cards::{CardReturn, CardSetupStart};
 pub use receipts::ReceiptFormat;
 pub use recovery::{RECOVERY_INTERVAL_MS, RecoveryReport};

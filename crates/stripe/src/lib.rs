@@ -17,9 +17,8 @@ pub mod port;
 pub mod webhook;
 
 pub use adapter::{
-    install_crypto_provider,
     ACCOUNT_METADATA_KEY, DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BASE_DELAY_MS, DEFAULT_TIMEOUT_MS, MAX_RETRIES,
-    MAX_TIMEOUT_MS, REFERENCE_METADATA_KEY, StripeConfig, StripePayments,
+    MAX_TIMEOUT_MS, REFERENCE_METADATA_KEY, StripeConfig, StripePayments, install_crypto_provider,
 };
 pub use port::{
     Card, ChargeRequest, CheckoutPurpose, CheckoutRequest, CheckoutSession, CheckoutSessionId,

@@ -290,11 +290,17 @@ async fn without_a_stripe_key_the_binary_takes_card_payments_through_its_own_san
         .unwrap();
     assert_eq!(paid.status(), 303);
     let back = paid.headers()["location"].to_str().unwrap().to_owned();
-    assert!(back.starts_with(&format!("{}/checkout/return?session_id=", server.url)), "{back}");
+    assert!(
+        back.starts_with(&format!("{}/checkout/return?session_id=", server.url)),
+        "{back}"
+    );
     let landed = client.get(&back).send().await.unwrap();
     assert_eq!(landed.status(), 303);
     let landed = landed.headers()["location"].to_str().unwrap().to_owned();
-    assert!(landed.starts_with(&format!("{}/billing?", server.url)), "{landed}");
+    assert!(
+        landed.starts_with(&format!("{}/billing?", server.url)),
+        "{landed}"
+    );
     assert!(landed.contains("topup_status=succeeded"), "{landed}");
 
     // The card is saved: the next top-up charges it at once.

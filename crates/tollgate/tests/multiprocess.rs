@@ -240,7 +240,13 @@ fn start_sandbox() -> SharedSandbox {
         .port();
     let addr = format!("127.0.0.1:{port}");
     let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["stripe-sandbox", "--addr", &addr, "--webhook-secret", SANDBOX_SECRET])
+        .args([
+            "stripe-sandbox",
+            "--addr",
+            &addr,
+            "--webhook-secret",
+            SANDBOX_SECRET,
+        ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -256,7 +262,12 @@ fn start_sandbox() -> SharedSandbox {
 }
 
 fn start_with_stripe(database_url: &str, sandbox: &SharedSandbox) -> Server {
+    start_with_stripe_env(database_url, sandbox, &[])
+}
+
+fn start_with_stripe_env(database_url: &str, sandbox: &SharedSandbox, env: &[(&str, &str)]) -> Server {
     let mut command = tollgate(database_url);
+    command.envs(env.iter().copied());
     command
         .env("TOLLGATE_STRIPE_SECRET_KEY", "sk_test_multiprocess")
         .env("TOLLGATE_STRIPE_API_BASE", &sandbox.url)
@@ -297,8 +308,15 @@ async fn get_json(client: &reqwest::Client, url: &str) -> Value {
 async fn three_processes_recharge_once_per_crossing_through_a_sigkill() {
     let database = TestDatabase::of(Backend::Postgres);
     let url = database.url().to_owned();
-    let migrated = tollgate(&url).arg("migrate").output().expect("tollgate migrate runs");
-    assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
+    let migrated = tollgate(&url)
+        .arg("migrate")
+        .output()
+        .expect("tollgate migrate runs");
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
     let sandbox = start_sandbox();
     let mut servers: Vec<Server> = (0..3).map(|_| start_with_stripe(&url, &sandbox)).collect();
     let urls: Arc<Vec<String>> = Arc::new(servers.iter().map(|server| server.url.clone()).collect());
@@ -405,21 +423,31 @@ async fn three_processes_recharge_once_per_crossing_through_a_sigkill() {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let account = get_json(&client, &format!("{}/v1/accounts/acme", urls[0])).await;
-        if account["auto_recharge"]["status"] == "active" && account["auto_recharge"]["recharged_this_cycle"] != "0.00" {
+        if account["auto_recharge"]["status"] == "active"
+            && account["auto_recharge"]["recharged_this_cycle"] != "0.00"
+        {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "no recharge: {account}");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
-    let lines = get_json(&client, &format!("{}/v1/accounts/acme/transactions?limit=100", urls[1])).await;
+    let lines = get_json(
+        &client,
+        &format!("{}/v1/accounts/acme/transactions?limit=100", urls[1]),
+    )
+    .await;
     let recharges: Vec<&Value> = lines["data"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|line| line["type"] == "auto_recharge")
         .collect();
-    assert_eq!(recharges.len(), 1, "exactly one recharge for one crossing: {recharges:?}");
+    assert_eq!(
+        recharges.len(),
+        1,
+        "exactly one recharge for one crossing: {recharges:?}"
+    );
     let state = get_json(&client, &format!("{}/__sandbox/state", sandbox.url)).await;
     let succeeded = state["charges"]
         .as_array()
@@ -440,7 +468,10 @@ async fn three_processes_recharge_once_per_crossing_through_a_sigkill() {
     );
 
     drop(servers);
-    let verified = tollgate(&url).args(["ledger", "verify"]).output().expect("verify runs");
+    let verified = tollgate(&url)
+        .args(["ledger", "verify"])
+        .output()
+        .expect("verify runs");
     let report = String::from_utf8_lossy(&verified.stdout).into_owned();
     assert!(verified.status.success(), "ledger verify failed: {report}");
 }
@@ -475,4 +506,159 @@ async fn charge_api(
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     panic!("no process answered for key {key}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_the_charge_and_the_credit_is_recovered_after_restart_with_one_credit() {
+    let database = TestDatabase::of(Backend::Postgres);
+    let url = database.url().to_owned();
+    let migrated = tollgate(&url)
+        .arg("migrate")
+        .output()
+        .expect("tollgate migrate runs");
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+    let sandbox = start_sandbox();
+    // Recovery looks at every open top-up, at start and every second.
+    let env = [
+        ("TOLLGATE_PAYMENTS__RECOVERY_MIN_AGE_SECONDS", "0"),
+        ("TOLLGATE_PAYMENTS__RECOVERY_INTERVAL_MS", "1000"),
+    ];
+    let mut server = start_with_stripe_env(&url, &sandbox, &env);
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let admin = |path: &str| format!("{}/__sandbox/{path}", sandbox.url);
+    client
+        .post(admin("webhooks/config"))
+        .json(&json!({"url": format!("{}/webhooks/stripe", server.url)}))
+        .send()
+        .await
+        .unwrap();
+    let created = client
+        .post(format!("{}/v1/accounts", server.url))
+        .bearer_auth(KEY)
+        .json(&json!({"id": "acme", "name": "Acme", "email": "billing@acme.test"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+    let setup: Value = client
+        .post(format!("{}/v1/accounts/acme/payment_method/setup", server.url))
+        .bearer_auth(KEY)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let page = setup["url"].as_str().expect("hosted page url").to_owned();
+    let paid = client
+        .post(&page)
+        .form(&[
+            ("cardNumber", "4242424242424242"),
+            ("cardExpiry", "12 / 34"),
+            ("cardCvc", "123"),
+            ("billingName", "Acme"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let back = paid.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(client.get(&back).send().await.unwrap().status().as_u16(), 303);
+
+    // Stripe charges, but its answer never arrives and neither do its webhooks.
+    client
+        .post(admin("webhooks/faults"))
+        .json(&json!({"drop_next": 1000}))
+        .send()
+        .await
+        .unwrap();
+    client
+        .post(admin("faults/fail_next"))
+        .json(&json!({"count": 10, "when": "after", "path_prefix": "/v1/payment_intents"}))
+        .send()
+        .await
+        .unwrap();
+    let topup = |base: String| {
+        client
+            .post(format!("{base}/v1/accounts/acme/topups"))
+            .bearer_auth(KEY)
+            .header("Idempotency-Key", "buy-40")
+            .json(&json!({"amount": "40.00"}))
+            .send()
+    };
+    let lost = topup(server.url.clone()).await.unwrap();
+    assert_eq!(lost.status().as_u16(), 503, "{}", lost.text().await.unwrap());
+    // The process dies before it learns anything more.
+    server.child.kill().expect("SIGKILL");
+    let _ = server.child.wait();
+    client.delete(admin("faults")).send().await.unwrap();
+
+    let state = get_json(&client, &admin("state")).await;
+    let succeeded = |state: &Value| {
+        state["charges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|charge| charge["status"] == "succeeded")
+            .count()
+    };
+    assert_eq!(succeeded(&state), 1, "Stripe did charge");
+
+    // Restarted on the same database: the recovery pass asks Stripe and credits once.
+    let server = start_with_stripe_env(&url, &sandbox, &env);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let account = get_json(&client, &format!("{}/v1/accounts/acme", server.url)).await;
+        if account["balance"] == "40.00" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not recovered: {account}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The customer's retry, more recovery passes and the redelivered webhooks change nothing.
+    let retried: Value = topup(server.url.clone()).await.unwrap().json().await.unwrap();
+    assert_eq!(retried["status"], "succeeded", "{retried}");
+    client
+        .post(admin("webhooks/faults"))
+        .json(&json!({"drop_next": 0}))
+        .send()
+        .await
+        .unwrap();
+    client
+        .post(admin("webhooks/config"))
+        .json(&json!({"url": format!("{}/webhooks/stripe", server.url)}))
+        .send()
+        .await
+        .unwrap();
+    client
+        .post(admin("webhooks/flush"))
+        .json(&json!({"all": true}))
+        .send()
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    let account = get_json(&client, &format!("{}/v1/accounts/acme", server.url)).await;
+    assert_eq!(account["balance"], "40.00", "credited exactly once: {account}");
+    assert_eq!(
+        succeeded(&get_json(&client, &admin("state")).await),
+        1,
+        "charged exactly once"
+    );
+    drop(server);
+    let verified = tollgate(&url)
+        .args(["ledger", "verify"])
+        .output()
+        .expect("verify runs");
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stdout)
+    );
 }

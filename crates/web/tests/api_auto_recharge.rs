@@ -68,11 +68,26 @@ async fn settings_are_validated_and_need_a_card() {
     // Above every threshold below, so the worker has nothing to recharge meanwhile.
     server.grant("acme", "200.00").await;
     for (body, param) in [
-        (json!({"enabled": true, "threshold": "4.99", "target": "100.00"}), "threshold"),
-        (json!({"enabled": true, "threshold": "50.00", "target": "59.99"}), "target"),
-        (json!({"enabled": true, "threshold": "50.001", "target": "100.00"}), "threshold"),
-        (json!({"enabled": true, "threshold": "abc", "target": "100.00"}), "threshold"),
-        (json!({"enabled": true, "threshold": "50.00", "target": "20000.00"}), "target"),
+        (
+            json!({"enabled": true, "threshold": "4.99", "target": "100.00"}),
+            "threshold",
+        ),
+        (
+            json!({"enabled": true, "threshold": "50.00", "target": "59.99"}),
+            "target",
+        ),
+        (
+            json!({"enabled": true, "threshold": "50.001", "target": "100.00"}),
+            "threshold",
+        ),
+        (
+            json!({"enabled": true, "threshold": "abc", "target": "100.00"}),
+            "threshold",
+        ),
+        (
+            json!({"enabled": true, "threshold": "50.00", "target": "20000.00"}),
+            "target",
+        ),
         (json!({"enabled": true}), "threshold"),
         (
             json!({"enabled": true, "threshold": "50.00", "target": "100.00", "monthly_cap": "1.00"}),
@@ -106,7 +121,10 @@ async fn settings_are_validated_and_need_a_card() {
         json!({"enabled": true, "threshold": "20.00", "target": "75.00", "monthly_cap": "300.00"}),
     )
     .await;
-    assert_eq!((edited["threshold"].as_str(), edited["target"].as_str()), (Some("20.00"), Some("75.00")));
+    assert_eq!(
+        (edited["threshold"].as_str(), edited["target"].as_str()),
+        (Some("20.00"), Some("75.00"))
+    );
     assert_eq!(edited["monthly_cap"], "300.00");
     let (_, off) = put_rule(&server, "acme", json!({"enabled": false})).await;
     assert_eq!(off["status"], "off", "{off}");
@@ -158,15 +176,24 @@ async fn sixty_four_concurrent_debits_across_the_threshold_recharge_exactly_once
     assert_eq!(charges(server.sandbox()).1 - charges_before, 1, "one charge");
     // Topped up to the target from wherever the balance stood when it ran.
     let amount = lines[0]["amount"].as_str().unwrap();
-    let balance = server.account("busy").await["balance"].as_str().unwrap().to_owned();
+    let balance = server.account("busy").await["balance"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let money = |text: &str| tollgate_core::Micros::parse(text).unwrap();
-    assert!(money(&balance) >= money("68.00"), "{balance} after {amount}: {account}");
+    assert!(
+        money(&balance) >= money("68.00"),
+        "{balance} after {amount}: {account}"
+    );
     assert_eq!(
         money(&balance),
         money("28.00").checked_add(money(amount)).unwrap(),
         "60.00 − 32.00 + the recharge"
     );
-    assert_eq!(server.account("busy").await["auto_recharge"]["recharged_this_cycle"], amount);
+    assert_eq!(
+        server.account("busy").await["auto_recharge"]["recharged_this_cycle"],
+        amount
+    );
     server.assert_ledger_clean().await;
 }
 
@@ -182,9 +209,14 @@ async fn a_declined_card_stops_the_rule_until_the_card_changes() {
     .await;
     spend_halves(&server, "acme", 6, "a").await;
     let account = server
-        .wait_for_account("acme", "the failure", |account| account["auto_recharge"]["status"] == "failed")
+        .wait_for_account("acme", "the failure", |account| {
+            account["auto_recharge"]["status"] == "failed"
+        })
         .await;
-    assert_eq!(account["auto_recharge"]["failure_code"], "card_declined", "{account}");
+    assert_eq!(
+        account["auto_recharge"]["failure_code"], "card_declined",
+        "{account}"
+    );
     assert!(account["auto_recharge"]["retry_at"].is_string(), "{account}");
     assert_eq!(account["balance"], "49.00");
     let attempts = charges(server.sandbox()).0;
@@ -192,7 +224,11 @@ async fn a_declined_card_stops_the_rule_until_the_card_changes() {
     // More debits below the threshold do not hammer the card.
     spend_halves(&server, "acme", 4, "b").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(charges(server.sandbox()).0, attempts, "no retry of a declined card");
+    assert_eq!(
+        charges(server.sandbox()).0,
+        attempts,
+        "no retry of a declined card"
+    );
     assert!(recharge_lines(&server, "acme").await.is_empty());
 
     // A new card re-arms it: the worker recharges at once (the balance is below the threshold).
@@ -219,7 +255,9 @@ async fn a_failed_rule_arms_again_after_the_cool_down() {
     .await;
     spend_halves(&server, "acme", 4, "a").await;
     server
-        .wait_for_account("acme", "the failure", |account| account["auto_recharge"]["status"] == "failed")
+        .wait_for_account("acme", "the failure", |account| {
+            account["auto_recharge"]["status"] == "failed"
+        })
         .await;
     let attempts = charges(server.sandbox()).0;
     // Webhooks signed in real time would now be stale; none matter here.
@@ -233,13 +271,22 @@ async fn a_failed_rule_arms_again_after_the_cool_down() {
     server.clock.advance(time::Duration::minutes(2));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while charges(server.sandbox()).0 == attempts {
-        assert!(tokio::time::Instant::now() < deadline, "no attempt after the cool-down");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no attempt after the cool-down"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     server
-        .wait_for_account("acme", "the second failure", |account| account["auto_recharge"]["status"] == "failed")
+        .wait_for_account("acme", "the second failure", |account| {
+            account["auto_recharge"]["status"] == "failed"
+        })
         .await;
-    assert_eq!(charges(server.sandbox()).0, attempts + 1, "exactly one more attempt");
+    assert_eq!(
+        charges(server.sandbox()).0,
+        attempts + 1,
+        "exactly one more attempt"
+    );
 }
 
 #[tokio::test]
@@ -258,7 +305,10 @@ async fn a_card_that_needs_authentication_asks_for_action() {
             account["auto_recharge"]["status"] == "action_required"
         })
         .await;
-    assert_eq!(account["auto_recharge"]["failure_code"], "authentication_required", "{account}");
+    assert_eq!(
+        account["auto_recharge"]["failure_code"], "authentication_required",
+        "{account}"
+    );
     assert_eq!(account["balance"], "49.50");
     server.assert_ledger_clean().await;
 }
@@ -294,7 +344,9 @@ async fn a_charge_whose_answer_is_lost_is_retried_with_the_same_key_and_credited
     }
     // The worker retries after its back-off with the same key and learns the first charge.
     let account = server
-        .wait_for_account("acme", "the recovered recharge", |account| account["balance"] == "100.00")
+        .wait_for_account("acme", "the recovered recharge", |account| {
+            account["balance"] == "100.00"
+        })
         .await;
     assert_eq!(account["auto_recharge"]["status"], "active", "{account}");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -315,7 +367,9 @@ async fn the_monthly_cap_stops_recharging() {
     .await;
     spend_halves(&server, "acme", 2, "a").await;
     server
-        .wait_for_account("acme", "the first recharge", |account| account["balance"] == "100.00")
+        .wait_for_account("acme", "the first recharge", |account| {
+            account["balance"] == "100.00"
+        })
         .await;
     // $50.50 recharged; $9.50 left under the cap is less than the minimum top-up.
     let (_, grant) = server
@@ -326,7 +380,9 @@ async fn the_monthly_cap_stops_recharging() {
         .await;
     assert_eq!(grant["type"], "grant", "{grant}");
     let account = server
-        .wait_for_account("acme", "the cap", |account| account["auto_recharge"]["status"] == "cap_reached")
+        .wait_for_account("acme", "the cap", |account| {
+            account["auto_recharge"]["status"] == "cap_reached"
+        })
         .await;
     assert_eq!(account["balance"], "49.00", "{account}");
     assert_eq!(recharge_lines(&server, "acme").await.len(), 1);

@@ -44,7 +44,8 @@ impl AutoRecharge {
         let rule = &record.rule;
         let status = rule.status_at(now, record.cycle_start);
         let (failure_code, failed_at) = match &status {
-            RechargeStatus::Failed { reason, failed_at } | RechargeStatus::ActionRequired { reason, failed_at } => {
+            RechargeStatus::Failed { reason, failed_at }
+            | RechargeStatus::ActionRequired { reason, failed_at } => {
                 (Some(reason.clone()), Some(timestamp(*failed_at)))
             }
             _ => (None, None),
@@ -75,7 +76,10 @@ impl AutoRecharge {
 }
 
 /// The account's rule, rendered.
-pub(crate) async fn auto_recharge_of(state: &AppState, account: &AccountId) -> Result<AutoRecharge, ApiError> {
+pub(crate) async fn auto_recharge_of(
+    state: &AppState,
+    account: &AccountId,
+) -> Result<AutoRecharge, ApiError> {
     let record = state.store().auto_recharge(account).await?;
     Ok(AutoRecharge::render(&record, state.config().clock.now()))
 }
@@ -183,5 +187,7 @@ pub async fn put_auto_recharge(
     ApiJson(request): ApiJson<AutoRechargeRequest>,
 ) -> Result<Json<AutoRecharge>, ApiError> {
     let account = path_account_id(&id)?;
-    Ok(Json(apply_auto_recharge(&state, &account, &request, caller.actor).await?))
+    Ok(Json(
+        apply_auto_recharge(&state, &account, &request, caller.actor).await?,
+    ))
 }
