@@ -251,10 +251,14 @@ fn start_sandbox() -> SharedSandbox {
         .stdout(Stdio::null())
         .spawn()
         .expect("the sandbox starts");
-    let url = format!("http://{addr}");
+    // Owned from here on, so the process is killed and reaped on every path.
+    let sandbox = SharedSandbox {
+        child,
+        url: format!("http://{addr}"),
+    };
     for _ in 0..200 {
         if std::net::TcpStream::connect(&addr).is_ok() {
-            return SharedSandbox { child, url };
+            return sandbox;
         }
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
