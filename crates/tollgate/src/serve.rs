@@ -172,6 +172,14 @@ pub async fn run(database_url: &str, config: Config, args: ServeArgs) -> anyhow:
             format_usd(config.demo_credit)
         );
     }
+    // A ready link to the demo account's Billing & Usage page (single use, 5 minutes).
+    let demo = AccountId::parse(DEMO_ACCOUNT_ID)?;
+    if store.account(&demo).await.is_ok() {
+        match tollgate_web::page::portal::create_link(&state, &demo, None, &Actor::System).await {
+            Ok(link) => println!("  billing page: {} (single use, valid 5 minutes)", link.url),
+            Err(error) => tracing::warn!(?error, "could not create the demo account's page link"),
+        }
+    }
     println!(
         "  try:        curl -H 'Authorization: Bearer <key>' {public_url}/v1/accounts/{DEMO_ACCOUNT_ID}/billing"
     );

@@ -21,6 +21,7 @@ struct Server {
     child: Child,
     url: String,
     key: Option<String>,
+    page_link: Option<String>,
 }
 
 impl Drop for Server {
@@ -40,6 +41,7 @@ fn start(dir: &std::path::Path) -> Server {
     let mut lines = BufReader::new(stdout).lines();
     let mut url = None;
     let mut key = None;
+    let mut page_link = None;
     for line in lines.by_ref() {
         let line = line.expect("banner line");
         if let Some(rest) = line.strip_prefix("Tollgate is running at ") {
@@ -49,6 +51,9 @@ fn start(dir: &std::path::Path) -> Server {
             && rest.starts_with("tg_sk_")
         {
             key = Some(rest.trim().to_owned());
+        }
+        if let Some(rest) = line.trim().strip_prefix("billing page: ") {
+            page_link = rest.split_whitespace().next().map(str::to_owned);
         }
         if line.trim_start().starts_with("try:") {
             break;
@@ -60,6 +65,7 @@ fn start(dir: &std::path::Path) -> Server {
         child,
         url: url.expect("the banner prints the URL"),
         key,
+        page_link,
     }
 }
 
@@ -271,6 +277,29 @@ async fn without_a_stripe_key_the_binary_takes_card_payments_through_its_own_san
             .json(&serde_json::json!({"amount": amount}))
             .send()
     };
+    // The printed link opens the demo account's Billing & Usage page.
+    let link = server
+        .page_link
+        .clone()
+        .expect("the banner prints a link to the billing page");
+    let opened = client.get(&link).send().await.unwrap();
+    assert_eq!(opened.status(), 303, "{link}");
+    let cookie = opened.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = client
+        .get(format!("{}/billing", server.url))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("$25.00"), "the demo balance is on the page");
     // No card yet: the sandbox's hosted page takes the card and the payment.
     let first: serde_json::Value = topup("30.00", "first").await.unwrap().json().await.unwrap();
     assert_eq!(first["status"], "requires_payment_method", "{first}");

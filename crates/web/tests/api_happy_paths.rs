@@ -31,7 +31,11 @@ async fn accounts_are_created_read_and_listed() {
             "credit_limit": null,
             "tier": {"id": "starter", "name": "Starter", "discount_percent": 0},
             "payment_method": null,
-            "auto_recharge": {"enabled": false, "threshold": null, "target": null, "status": "off"},
+            "auto_recharge": {
+                "enabled": false, "threshold": null, "target": null, "status": "off",
+                "monthly_cap": "5000.00", "recharged_this_cycle": "0.00",
+                "failure_code": null, "failed_at": null, "retry_at": null
+            },
             "created_at": "2026-11-10T10:00:00Z",
         })
     );
@@ -168,7 +172,11 @@ async fn usage_is_priced_at_the_tier_before_the_crossing_charge() {
                 {"action": "api", "name": "API", "unit": "request", "list_price": "0.02", "price": "0.018", "price_source": "tier"},
             ],
             "payment_method": null,
-            "auto_recharge": {"enabled": false, "threshold": null, "target": null, "status": "off"},
+            "auto_recharge": {
+                "enabled": false, "threshold": null, "target": null, "status": "off",
+                "monthly_cap": "5000.00", "recharged_this_cycle": "0.00",
+                "failure_code": null, "failed_at": null, "retry_at": null
+            },
             "billing_mode": "prepaid",
             "credit_limit": null,
             "tier_basis": "cycle",

@@ -43,7 +43,10 @@ async fn a_portal_session_is_a_single_use_link_valid_five_minutes() {
     assert_eq!(body["account_id"], "acme");
     assert_eq!(body["return_url"], "https://app.test/settings");
     let url = body["url"].as_str().unwrap();
-    assert!(url.starts_with("http://127.0.0.1:8080/portal/tg_pl_"), "on the public URL: {url}");
+    assert!(
+        url.starts_with("http://127.0.0.1:8080/portal/tg_pl_"),
+        "on the public URL: {url}"
+    );
     let url = &server.url(&url["http://127.0.0.1:8080".len()..]);
     let expires_at = time::OffsetDateTime::parse(
         body["expires_at"].as_str().unwrap(),
@@ -61,13 +64,27 @@ async fn a_portal_session_is_a_single_use_link_valid_five_minutes() {
     for attribute in ["HttpOnly", "SameSite=Lax", "Path=/", "Max-Age=3600"] {
         assert!(cookie.contains(attribute), "{attribute} missing: {cookie}");
     }
-    assert!(!cookie.contains("Secure"), "plain HTTP must not mark the cookie Secure: {cookie}");
+    assert!(
+        !cookie.contains("Secure"),
+        "plain HTTP must not mark the cookie Secure: {cookie}"
+    );
 
     // Used once: never again, even by the browser it opened.
     let again = client().get(url).send().await.unwrap();
     assert_eq!(again.status(), StatusCode::UNAUTHORIZED);
-    assert!(again.headers()[CONTENT_TYPE].to_str().unwrap().starts_with("text/html"));
-    assert!(again.text().await.unwrap().contains("This billing link has expired"));
+    assert!(
+        again.headers()[CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(
+        again
+            .text()
+            .await
+            .unwrap()
+            .contains("This billing link has expired")
+    );
 
     // An unused link past its 5 minutes is refused too.
     let stale = page_support::portal_link(&server, "acme").await;
@@ -99,13 +116,17 @@ async fn portal_sessions_need_a_key_a_known_account_and_a_sane_return_url() {
     assert_eq!(body["error"]["code"], "unauthorized");
 
     assert_error(
-        &server.post("/v1/portal_sessions", json!({"account_id": "nobody"})).await,
+        &server
+            .post("/v1/portal_sessions", json!({"account_id": "nobody"}))
+            .await,
         StatusCode::NOT_FOUND,
         "not_found",
         None,
     );
     assert_error(
-        &server.post("/v1/portal_sessions", json!({"account_id": "no spaces"})).await,
+        &server
+            .post("/v1/portal_sessions", json!({"account_id": "no spaces"}))
+            .await,
         StatusCode::BAD_REQUEST,
         "invalid_request",
         Some("account_id"),
@@ -113,7 +134,10 @@ async fn portal_sessions_need_a_key_a_known_account_and_a_sane_return_url() {
     for bad in ["javascript:alert(1)", "ftp://x.test", "https://x.test/\n"] {
         assert_error(
             &server
-                .post("/v1/portal_sessions", json!({"account_id": "acme", "return_url": bad}))
+                .post(
+                    "/v1/portal_sessions",
+                    json!({"account_id": "acme", "return_url": bad}),
+                )
                 .await,
             StatusCode::BAD_REQUEST,
             "invalid_request",
@@ -130,12 +154,15 @@ async fn portal_sessions_need_a_key_a_known_account_and_a_sane_return_url() {
 
 #[tokio::test]
 async fn the_page_needs_a_live_session_and_forms_need_its_csrf_token() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with_payments().await;
     server.funded_account("acme", "42.50").await;
 
     let response = client().get(server.url("/billing")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    assert!(response.text().await.unwrap().contains("ask"), "expired page explains what to do");
+    assert!(
+        response.text().await.unwrap().contains("ask"),
+        "expired page explains what to do"
+    );
     let response = client()
         .get(server.url("/billing"))
         .header("cookie", "tollgate_portal=forged")
@@ -154,7 +181,12 @@ async fn the_page_needs_a_live_session_and_forms_need_its_csrf_token() {
     assert_eq!(response.status(), StatusCode::OK);
     let headers = response.headers().clone();
     assert_eq!(headers[CACHE_CONTROL], "no-store");
-    assert!(headers[CONTENT_SECURITY_POLICY].to_str().unwrap().contains("script-src 'self'"));
+    assert!(
+        headers[CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap()
+            .contains("script-src 'self'")
+    );
     assert_eq!(headers["x-frame-options"], "DENY");
     let html = response.text().await.unwrap();
     assert!(html.contains("acme Inc."), "account name shown");
@@ -182,7 +214,10 @@ async fn the_page_needs_a_live_session_and_forms_need_its_csrf_token() {
         .and_then(|rest| rest.split('"').next())
         .unwrap()
         .to_owned();
-    for form in [vec![("amount", "25")], vec![("amount", "25"), ("csrf_token", token.as_str())]] {
+    for form in [
+        vec![("amount", "25")],
+        vec![("amount", "25"), ("csrf_token", token.as_str())],
+    ] {
         let response = client()
             .post(server.url("/billing/topups"))
             .header("cookie", &cookie)
@@ -192,16 +227,37 @@ async fn the_page_needs_a_live_session_and_forms_need_its_csrf_token() {
             .unwrap();
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
     }
-    // The right token passes the check (this server has no payments, which it says).
+    // The right token passes: without a card, the browser is sent to the hosted page.
     let response = client()
         .post(server.url("/billing/topups"))
         .header("cookie", &other)
-        .form(&[("amount", "25"), ("csrf_token", token.as_str())])
+        .form(&[
+            ("amount", "25"),
+            ("csrf_token", token.as_str()),
+            ("form_key", "k1"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let location = response.headers()[LOCATION].to_str().unwrap();
+    assert!(location.starts_with(&server.sandbox().base_url()), "{location}");
+    // An amount the server refuses is explained, and nothing is recorded.
+    let response = client()
+        .post(server.url("/billing/topups"))
+        .header("cookie", &other)
+        .form(&[
+            ("amount", "10.001"),
+            ("csrf_token", token.as_str()),
+            ("form_key", "k2"),
+        ])
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    assert!(response.text().await.unwrap().contains("not available"));
+    assert!(response.text().await.unwrap().contains("Use at most 2 decimals"));
+    let (_, topups) = server.get("/v1/accounts/acme/topups").await;
+    assert_eq!(topups["data"].as_array().unwrap().len(), 1, "{topups}");
 }
 
 #[tokio::test]
@@ -226,13 +282,102 @@ async fn static_files_are_hashed_and_cached_for_a_year() {
         .to_owned();
     let response = client().get(server.url(&htmx)).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.headers()[CACHE_CONTROL], "public, max-age=31536000, immutable");
-    assert!(response.headers()[CONTENT_TYPE].to_str().unwrap().starts_with("text/javascript"));
+    assert_eq!(
+        response.headers()[CACHE_CONTROL],
+        "public, max-age=31536000, immutable"
+    );
+    assert!(
+        response.headers()[CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
     assert!(response.text().await.unwrap().contains("htmx"));
     let response = client()
         .get(server.url("/static/htmx-2.0.11.min.js"))
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::NOT_FOUND, "only hashed names are served");
+    assert_eq!(
+        response.status(),
+        StatusCode::NOT_FOUND,
+        "only hashed names are served"
+    );
+}
+
+#[tokio::test]
+async fn racing_browsers_redeem_a_link_once() {
+    let server = TestServer::start().await;
+    server.create_account("acme").await;
+    let link = page_support::portal_link(&server, "acme").await;
+    let attempts = (0..8).map(|_| {
+        let link = link.clone();
+        tokio::spawn(async move { client().get(&link).send().await.unwrap().status() })
+    });
+    let mut statuses = Vec::new();
+    for attempt in attempts {
+        statuses.push(attempt.await.unwrap());
+    }
+    let won = statuses
+        .iter()
+        .filter(|status| **status == StatusCode::SEE_OTHER)
+        .count();
+    let refused = statuses
+        .iter()
+        .filter(|status| **status == StatusCode::UNAUTHORIZED)
+        .count();
+    assert_eq!((won, refused), (1, 7), "{statuses:?}");
+}
+
+#[tokio::test]
+async fn the_history_pages_through_every_line() {
+    let server = TestServer::start().await;
+    server.create_account("busy").await;
+    for index in 0..55 {
+        let (status, body) = server
+            .send(
+                server
+                    .request(reqwest::Method::POST, "/v1/accounts/busy/grants")
+                    .header("Idempotency-Key", format!("grant-{index}"))
+                    .json(&json!({"amount": "1.00", "reason": format!("credit number {index}")})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let cookie = redeem(&page_support::portal_link(&server, "busy").await).await;
+    let get = |path: String| {
+        let cookie = cookie.clone();
+        async move {
+            client()
+                .get(path)
+                .header("cookie", cookie)
+                .header("hx-request", "true")
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let first = get(server.url("/billing")).await;
+    assert!(first.contains("credit number 54") && !first.contains("credit number 4<"));
+    assert!(
+        !first.contains("transactions-newest"),
+        "the first page has no way back"
+    );
+    let older = first
+        .split("hx-get=\"/billing/transactions?starting_after=")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a link to older lines")
+        .to_owned();
+    let second = get(server.url(&format!("/billing/transactions?starting_after={older}"))).await;
+    assert!(
+        second.starts_with("<section class=\"card wide\" id=\"transactions\""),
+        "a fragment"
+    );
+    assert!(second.contains("credit number 4<") && second.contains("credit number 0<"));
+    assert!(!second.contains("credit number 54"));
+    assert!(second.contains("transactions-newest") && !second.contains("transactions-older"));
 }

@@ -44,6 +44,7 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(payments::refund_topup))
         .routes(routes!(payments::topup_receipt))
         .routes(routes!(auto_recharge::put_auto_recharge))
+        .routes(routes!(crate::page::portal::create_portal_session))
 }
 
 /// Routes open to anyone: health, metrics, the API description.

@@ -17,13 +17,11 @@ use tollgate_core::money::format_usd;
 use tollgate_core::{IdempotencyKey, TopupAmount, TopupStatus};
 use tollgate_store::TopupRecord;
 
+use crate::api::auto_recharge::{AutoRechargeRequest, apply_auto_recharge};
 use crate::page::session::PortalSession;
 use crate::page::view::{self, BillingView, Flash, ViewOptions, brand_name, capitalise};
 use crate::page::{PageError, html};
 use crate::state::AppState;
-
-/// Whether this build can save Auto-recharge settings from the page.
-pub(crate) const RECHARGE_AVAILABLE: bool = false;
 
 /// The whole page.
 #[derive(Template)]
@@ -117,13 +115,18 @@ fn topup_outcome_flash(record: &TopupRecord, balance: Option<tollgate_core::Micr
     match record.status {
         TopupStatus::Succeeded => {
             let card = match (&record.card_brand, &record.card_last4) {
-                (Some(brand), Some(last4)) => format!(" to your {} card ending in {last4}", brand_name(brand)),
+                (Some(brand), Some(last4)) => {
+                    format!(" to your {} card ending in {last4}", brand_name(brand))
+                }
                 _ => String::new(),
             };
             let balance = balance.map_or_else(String::new, |balance| {
                 format!(" Your balance is now {}.", format_usd(balance))
             });
-            Flash::success("Payment received", format!("{amount} was charged{card}.{balance}"))
+            Flash::success(
+                "Payment received",
+                format!("{amount} was charged{card}.{balance}"),
+            )
         }
         TopupStatus::Failed => {
             let reason = record
@@ -145,7 +148,9 @@ fn topup_outcome_flash(record: &TopupRecord, balance: Option<tollgate_core::Micr
         ),
         TopupStatus::RequiresAction => Flash::error(
             "Your bank wants to confirm this payment",
-            format!("{amount} was not charged yet. Replace your card (Edit under Payment method) and try again."),
+            format!(
+                "{amount} was not charged yet. Replace your card (Edit under Payment method) and try again."
+            ),
         ),
         TopupStatus::Pending | TopupStatus::RequiresPaymentMethod => Flash::info(
             "Payment in progress",
@@ -257,7 +262,8 @@ fn payments(state: &AppState) -> Result<&Billing, PageError> {
 /// XHR cannot follow a redirect to another origin).
 fn navigate(headers: &HeaderMap, url: &str) -> Result<Response, PageError> {
     if is_htmx(headers) {
-        let value = HeaderValue::from_str(url).map_err(|_| PageError::bad_request("The payment page address is invalid."))?;
+        let value = HeaderValue::from_str(url)
+            .map_err(|_| PageError::bad_request("The payment page address is invalid."))?;
         let mut response = StatusCode::OK.into_response();
         response
             .headers_mut()
@@ -328,7 +334,9 @@ async fn answer(
 /// new top-up rather than a conflict.
 fn topup_key(form_key: Option<&str>, amount: TopupAmount) -> Result<IdempotencyKey, PageError> {
     let form_key = form_key
-        .filter(|key| !key.is_empty() && key.len() <= 64 && key.bytes().all(|byte| byte.is_ascii_alphanumeric()))
+        .filter(|key| {
+            !key.is_empty() && key.len() <= 64 && key.bytes().all(|byte| byte.is_ascii_alphanumeric())
+        })
         .ok_or_else(PageError::forbidden)?;
     let cents = amount.get().to_cents().unwrap_or(0);
     IdempotencyKey::parse(&format!("portal-topup-{form_key}-{cents}")).map_err(|_| PageError::forbidden())
@@ -349,7 +357,10 @@ pub(crate) async fn buy_credits(
     let amount = match TopupAmount::parse(&text, billing.settings().topup_limits) {
         Ok(amount) => amount,
         Err(reason) => {
-            let flash = Flash::error("Check the amount", format!("{}.", capitalise(&reason.to_string())));
+            let flash = Flash::error(
+                "Check the amount",
+                format!("{}.", capitalise(&reason.to_string())),
+            );
             return answer(&state, &session, &headers, StatusCode::BAD_REQUEST, flash).await;
         }
     };
@@ -399,7 +410,8 @@ pub(crate) struct RechargeForm {
     target: Option<String>,
 }
 
-/// `POST /billing/auto_recharge`: saves the Auto-recharge settings, or switches it off.
+/// `POST /billing/auto_recharge`: saves the Auto-recharge settings, or switches it off
+/// (keeping the stored amounts for the next time it is switched on).
 pub(crate) async fn save_auto_recharge(
     State(state): State<AppState>,
     session: PortalSession,
@@ -408,12 +420,45 @@ pub(crate) async fn save_auto_recharge(
 ) -> Result<Response, PageError> {
     let Form(form) = form.map_err(|_| PageError::forbidden())?;
     session.check_csrf(&headers, form.csrf_token.as_deref())?;
-    let _ = (form.enabled, form.threshold, form.target);
-    let flash = Flash::error(
-        "Auto-recharge is not available yet",
-        "This server cannot save auto-recharge settings yet; nothing was changed.",
-    );
-    answer(&state, &session, &headers, StatusCode::SERVICE_UNAVAILABLE, flash).await
+    let enabled = form.enabled.as_deref() == Some("true");
+    let amount = |text: Option<String>| {
+        text.filter(|_| enabled)
+            .map(|text| serde_json::Value::String(text.trim().to_owned()))
+    };
+    let request = AutoRechargeRequest {
+        enabled,
+        threshold: amount(form.threshold),
+        target: amount(form.target),
+        monthly_cap: None,
+    };
+    let flash = match apply_auto_recharge(&state, &session.account, &request, session.actor.clone()).await {
+        Ok(rule) if rule.enabled => Flash::success(
+            "Auto-recharge on",
+            format!(
+                "When your balance goes below {}, your card is charged to top it up to {}.",
+                rule.threshold.as_deref().map(view::usd).unwrap_or_default(),
+                rule.target.as_deref().map(view::usd).unwrap_or_default(),
+            ),
+        ),
+        Ok(_) => Flash::info(
+            "Auto-recharge off",
+            "Your card will not be charged automatically.",
+        ),
+        Err(error) => {
+            let status = error.status();
+            let message = capitalise(&error.into_body().error.message);
+            let flash = Flash::error(
+                "Auto-recharge not saved",
+                format!("{}.", message.trim_end_matches('.')),
+            );
+            return answer(&state, &session, &headers, status, flash).await;
+        }
+    };
+    if !is_htmx(&headers) {
+        // Post/redirect/get: the message is not carried over; the banner says it.
+        return Ok(Redirect::to("/billing#auto-recharge").into_response());
+    }
+    answer(&state, &session, &headers, StatusCode::OK, flash).await
 }
 
 /// `GET /billing/receipts/{topup_id}`: the receipt of one of this account's top-ups.
@@ -436,7 +481,9 @@ pub(crate) async fn receipt(
     // The receipt is a standalone document with its own inline styles.
     response.headers_mut().insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'"),
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'",
+        ),
     );
     Ok(response)
 }

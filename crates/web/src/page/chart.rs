@@ -141,9 +141,13 @@ pub(crate) fn spend_chart(
     let mut per_day: BTreeMap<usize, Vec<i64>> = BTreeMap::new();
     let mut totals = vec![0_i64; order.len()];
     for (date, action, amount) in daily {
-        let Some(series) = order.iter().position(|(id, _)| id == action) else { continue };
+        let Some(series) = order.iter().position(|(id, _)| id == action) else {
+            continue;
+        };
         let offset = (*date - first_day).whole_days();
-        let Ok(day) = usize::try_from(offset) else { continue };
+        let Ok(day) = usize::try_from(offset) else {
+            continue;
+        };
         if day >= days || !amount.is_positive() {
             continue;
         }
@@ -154,7 +158,11 @@ pub(crate) fn spend_chart(
     let used: Vec<usize> = (0..order.len()).filter(|&series| totals[series] > 0).collect();
     let max_day = per_day
         .values()
-        .map(|amounts| amounts.iter().fold(0_i64, |sum, amount| sum.saturating_add(*amount)))
+        .map(|amounts| {
+            amounts
+                .iter()
+                .fold(0_i64, |sum, amount| sum.saturating_add(*amount))
+        })
         .max()
         .unwrap_or(0);
     let axis_max = nice_axis_max(max_day.max(1));
@@ -192,7 +200,11 @@ pub(crate) fn spend_chart(
                 width: bar_width,
                 height: (top - bottom).max(1),
                 series: format!("s{}", series % SERIES),
-                title: format!("{label} · {}: {}", order[series].1, format_usd(Micros::new(amount))),
+                title: format!(
+                    "{label} · {}: {}",
+                    order[series].1,
+                    format_usd(Micros::new(amount))
+                ),
             });
         }
         rows.push(DayRow {

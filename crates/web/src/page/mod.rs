@@ -52,15 +52,11 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(axum::middleware::map_response(security_headers))
         .layer(axum::middleware::from_fn(crate::telemetry::track_http))
-        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
-        .layer(RequestBodyLimitLayer::new(MAX_FORM_BYTES));
-    let api = Router::new()
-        .route("/v1/portal_sessions", post(portal::create_portal_session))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::auth::require_api_key,
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            timeout,
         ))
-        .layer(axum::middleware::map_response(crate::error::json_error_bodies));
+        .layer(RequestBodyLimitLayer::new(MAX_FORM_BYTES));
     Router::new()
         .route("/portal/{token}", get(portal::redeem))
         .route("/billing", get(billing::page))
@@ -71,7 +67,6 @@ pub fn router(state: AppState) -> Router {
         .route("/billing/auto_recharge", post(billing::save_auto_recharge))
         .route("/billing/receipts/{topup_id}", get(billing::receipt))
         .route("/static/{file}", get(assets::serve))
-        .merge(api)
         .with_state(state)
         .layer(layers)
 }
@@ -88,7 +83,10 @@ async fn security_headers(mut response: Response) -> Response {
         );
     }
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     response
 }
@@ -201,9 +199,10 @@ impl IntoResponse for PageError {
         let mut response = (self.status, html(&page)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             // htmx swaps nothing on a 401: send the whole browser to the explanation.
-            response
-                .headers_mut()
-                .insert(HeaderName::from_static("hx-refresh"), HeaderValue::from_static("true"));
+            response.headers_mut().insert(
+                HeaderName::from_static("hx-refresh"),
+                HeaderValue::from_static("true"),
+            );
         }
         response
     }
@@ -220,7 +219,11 @@ pub(crate) fn html(template: &impl Template) -> Response {
             .into_response(),
         Err(error) => {
             tracing::error!(%error, "page template failed to render");
-            (StatusCode::INTERNAL_SERVER_ERROR, "the page could not be rendered").into_response()
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page could not be rendered",
+            )
+                .into_response()
         }
     }
 }

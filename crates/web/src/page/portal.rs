@@ -8,6 +8,8 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use tollgate_core::{AccountId, Actor};
+
 use crate::api::json::timestamp;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
@@ -62,6 +64,36 @@ fn check_return_url(url: Option<String>) -> Result<Option<String>, ApiError> {
     Ok(Some(url))
 }
 
+/// A single-use link to an account's page.
+#[derive(Clone, Debug)]
+pub struct PortalLink {
+    /// Session id (`ps_…`); not a secret.
+    pub id: String,
+    /// Where to send the browser.
+    pub url: String,
+    /// Until when it works.
+    pub expires_at: tollgate_core::Timestamp,
+}
+
+/// Issues a link to `account`'s page on behalf of `actor`, as `POST /v1/portal_sessions`
+/// does (the binary uses it to print a ready link to the demo account's page).
+pub async fn create_link(
+    state: &AppState,
+    account: &AccountId,
+    return_url: Option<String>,
+    actor: &Actor,
+) -> Result<PortalLink, ApiError> {
+    // An unknown account is a 404 now, not a link that leads nowhere.
+    state.store().account(account).await?;
+    let link = session::issue_link(state, account.clone(), return_url, actor).await?;
+    let base = state.config().public_url.trim_end_matches('/');
+    Ok(PortalLink {
+        id: link.id,
+        url: format!("{base}/portal/{}", link.token),
+        expires_at: link.expires_at,
+    })
+}
+
 /// Creates a single-use link (valid 5 minutes) that opens the account's Billing & Usage
 /// page in the customer's browser.
 #[utoipa::path(
@@ -83,17 +115,14 @@ pub async fn create_portal_session(
 ) -> Result<(StatusCode, Json<PortalSession>), ApiError> {
     let account = parse_account_id(&request.account_id, "account_id")?;
     let return_url = check_return_url(request.return_url)?;
-    // An unknown account is a 404 now, not a link that leads nowhere.
-    state.store().account(&account).await?;
-    let link = session::issue_link(&state, account.clone(), return_url.clone(), &caller.actor).await?;
-    let base = state.config().public_url.trim_end_matches('/').to_owned();
+    let link = create_link(&state, &account, return_url.clone(), &caller.actor).await?;
     Ok((
         StatusCode::CREATED,
         Json(PortalSession {
             id: link.id,
             object: "portal_session",
             account_id: account.to_string(),
-            url: format!("{base}/portal/{}", link.token),
+            url: link.url,
             expires_at: timestamp(link.expires_at),
             return_url,
         }),
@@ -102,7 +131,10 @@ pub async fn create_portal_session(
 
 /// Follows a portal link: sets the session cookie and opens the page, or explains that
 /// the link was used already or has expired (401).
-pub(crate) async fn redeem(State(state): State<AppState>, Path(token): Path<String>) -> Result<Response, PageError> {
+pub(crate) async fn redeem(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+) -> Result<Response, PageError> {
     let redeemed = session::redeem_link(&state, &token)
         .await?
         .ok_or_else(PageError::expired)?;

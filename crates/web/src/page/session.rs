@@ -210,7 +210,10 @@ mod tests {
     #[test]
     fn the_cookie_is_found_among_others() {
         let mut headers = HeaderMap::new();
-        headers.insert(COOKIE, HeaderValue::from_static("a=1; tollgate_portal=s3cret ; b=2"));
+        headers.insert(
+            COOKIE,
+            HeaderValue::from_static("a=1; tollgate_portal=s3cret ; b=2"),
+        );
         assert_eq!(cookie_secret(&headers), Some("s3cret"));
         let mut headers = HeaderMap::new();
         headers.insert(COOKIE, HeaderValue::from_static("tollgate_portalx=1"));

@@ -211,6 +211,12 @@ pub(crate) struct RechargeView {
     pub failure: Option<String>,
     /// The bank asks the customer to act (3-D Secure): replace or re-confirm the card.
     pub action_required: bool,
+    /// When the rule tries again by itself after a failure (`12 Nov 2026, 11:00 UTC`).
+    pub retry_at: Option<String>,
+    /// The monthly cap on auto-recharged money is reached: `$5,000.00`.
+    pub cap_reached: Option<String>,
+    /// A recharge is being charged right now.
+    pub in_progress: bool,
     /// Lowest threshold, cents.
     pub min_threshold_cents: i64,
     /// Highest threshold, cents.
@@ -234,7 +240,10 @@ pub(crate) struct RechargeView {
 impl RechargeView {
     fn new(summary: &BillingSummary, limits: TopupLimits, available: bool) -> RechargeView {
         let rule = &summary.auto_recharge;
-        let threshold = rule.threshold.as_deref().and_then(|text| Micros::parse(text).ok());
+        let threshold = rule
+            .threshold
+            .as_deref()
+            .and_then(|text| Micros::parse(text).ok());
         let target = rule.target.as_deref().and_then(|text| Micros::parse(text).ok());
         let max_threshold = AutoRechargeSettings::max_threshold(limits);
         let problem = |problem: RechargeSettingsProblem| problem.to_string();
@@ -246,8 +255,15 @@ impl RechargeView {
             threshold_input: input_amount(threshold.unwrap_or(Micros::new(50 * 1_000_000))),
             target_input: input_amount(target.unwrap_or(Micros::new(100 * 1_000_000))),
             failure: matches!(rule.status.as_str(), "failed" | "action_required")
-                .then(|| rule.status.clone()),
+                .then(|| failure_reason(rule.failure_code.as_deref().unwrap_or(rule.status.as_str()))),
             action_required: rule.status == "action_required",
+            retry_at: rule.retry_at.as_deref().and_then(parse_time).map(date_time),
+            cap_reached: (rule.status == "cap_reached").then(|| {
+                rule.monthly_cap
+                    .as_deref()
+                    .map_or_else(|| "the monthly cap".to_owned(), usd)
+            }),
+            in_progress: rule.status == "in_progress",
             min_threshold_cents: MIN_RECHARGE_THRESHOLD.get() / MICROS_PER_CENT,
             max_threshold_cents: max_threshold.get() / MICROS_PER_CENT,
             min_topup_cents: limits.minimum().get() / MICROS_PER_CENT,
@@ -258,6 +274,20 @@ impl RechargeView {
             msg_threshold_above: problem(RechargeSettingsProblem::AboveMaximum(max_threshold)),
             msg_target_above: problem(RechargeSettingsProblem::AboveMaximum(limits.maximum())),
         }
+    }
+}
+
+/// A processor's failure code in words.
+pub(crate) fn failure_reason(code: &str) -> String {
+    match code {
+        "card_declined" | "generic_decline" => "your card was declined".to_owned(),
+        "insufficient_funds" => "your card has insufficient funds".to_owned(),
+        "expired_card" => "your card has expired".to_owned(),
+        "authentication_required" | "action_required" => {
+            "your bank asks you to confirm payments with this card".to_owned()
+        }
+        "no_payment_method" => "there is no card to charge".to_owned(),
+        other => format!("the payment was refused ({})", other.replace('_', " ")),
     }
 }
 
@@ -304,7 +334,7 @@ pub(crate) struct SpendView {
     pub spent: String,
     /// `10 Nov`.
     pub cycle_start: String,
-    /// `10 Dec` (the first day of the next cycle).
+    /// `9 Dec` (the cycle's last day).
     pub cycle_end: String,
     /// Saved this cycle.
     pub savings_cycle: String,
@@ -329,6 +359,8 @@ pub(crate) struct TierPriceView {
     pub price: String,
     /// Below list.
     pub discounted: bool,
+    /// Costs nothing.
+    pub free: bool,
 }
 
 /// One tier, as the tier browser shows it.
@@ -376,7 +408,9 @@ impl TierBrowser {
 
     /// The tier before the one shown.
     pub fn previous(&self) -> Option<&TierCard> {
-        self.selected.checked_sub(1).and_then(|index| self.cards.get(index))
+        self.selected
+            .checked_sub(1)
+            .and_then(|index| self.cards.get(index))
     }
 
     /// The tier after the one shown.
@@ -614,8 +648,13 @@ fn spend_view(summary: &BillingSummary, list: &TierList, current: usize) -> Resu
             })
         }
     };
-    let cycle_start = parse_time(&summary.cycle.start).map(day_month).unwrap_or_default();
-    let cycle_end = parse_time(&summary.cycle.end).map(day_month).unwrap_or_default();
+    let cycle_start = parse_time(&summary.cycle.start)
+        .map(day_month)
+        .unwrap_or_default();
+    // The cycle's end is the next one's first instant: people read the day before it.
+    let cycle_end = parse_time(&summary.cycle.end)
+        .map(|end| day_month(end - time::Duration::seconds(1)))
+        .unwrap_or_default();
     Ok(SpendView {
         tier_name: summary.tier.name.clone(),
         discount_percent: summary.tier.discount_percent,
@@ -641,7 +680,12 @@ pub(crate) fn progress_percent(floor: Micros, ceiling: Micros, needed: Micros) -
     u8::try_from(done * 100 / span).unwrap_or(100)
 }
 
-fn tier_browser(list: &TierList, current: usize, selected: Option<usize>, names: &[(String, String)]) -> TierBrowser {
+fn tier_browser(
+    list: &TierList,
+    current: usize,
+    selected: Option<usize>,
+    names: &[(String, String)],
+) -> TierBrowser {
     let name_of = |action: &str| {
         names
             .iter()
@@ -673,6 +717,7 @@ fn tier_browser(list: &TierList, current: usize, selected: Option<usize>, names:
                         list: format_usd(list_price),
                         price: format_usd(paid),
                         discounted: paid < list_price,
+                        free: paid.is_zero(),
                     }
                 })
                 .collect(),
@@ -705,6 +750,7 @@ pub(crate) async fn build(
     let profile = store.payment_profile(&session.account).await?;
     let card = profile.card.as_ref().map(CardView::of);
     summary.payment_method = profile.card.as_ref().map(crate::api::json::PaymentMethod::render);
+    summary.auto_recharge = crate::api::auto_recharge::auto_recharge_of(state, &session.account).await?;
     let list = tiers(&config.price_book)?;
     let current = list
         .data
@@ -743,7 +789,7 @@ pub(crate) async fn build(
         payments_enabled: state.billing().is_some(),
         card,
         buy: BuyForm::new(limits),
-        recharge: RechargeView::new(&summary, limits, crate::page::billing::RECHARGE_AVAILABLE),
+        recharge: RechargeView::new(&summary, limits, state.billing().is_some()),
         spend: spend_view(&summary, &list, current)?,
         tiers: tier_browser(&list, current, options.tier, &names),
         contact_sales_url: summary.contact_sales_url.clone(),
@@ -787,6 +833,62 @@ mod tests {
         assert_eq!(brand_name("amex"), "American Express");
         assert_eq!(brand_name("elo"), "Elo");
         assert_eq!(brand_name(""), "Card");
+    }
+
+    fn line(kind: TransactionKind, description: &str, amount: i64, hour: u8) -> TransactionLine {
+        let at = time::macros::datetime!(2026-11-10 00:00 UTC) + time::Duration::hours(i64::from(hour));
+        TransactionLine {
+            id: format!("txn_{hour}_{description}"),
+            account: tollgate_core::AccountId::parse("acme").unwrap(),
+            sequence: 1,
+            kind,
+            amount: Micros::new(amount),
+            available_amount: Micros::new(amount),
+            balances_after: tollgate_core::Balances {
+                available: Micros::new(10_000_000),
+                held: Micros::ZERO,
+            },
+            description: description.to_owned(),
+            reference: (kind == TransactionKind::Topup).then(|| "top_1".to_owned()),
+            created_at: at,
+        }
+    }
+
+    #[test]
+    fn usage_of_one_action_on_one_day_is_one_row() {
+        use TransactionKind::{Grant, Topup, Usage};
+        // Newest first, as the store lists them.
+        let lines = [
+            line(Usage, "Email Finder × 2", -60_000, 30),
+            line(Usage, "Email Finder × 3", -90_000, 23),
+            line(Usage, "Email Finder × 1", -30_000, 22),
+            line(Usage, "API × 10", -200_000, 21),
+            line(Topup, "Top-up (Visa •••• 4242)", 25_000_000, 20),
+            line(Usage, "API × 5", -100_000, 19),
+            line(Grant, "welcome", 5_000_000, 1),
+        ];
+        let rows = group_lines(&lines);
+        let described: Vec<(&str, &str, &str)> = rows
+            .iter()
+            .map(|row| (row.kind, row.description.as_str(), row.amount.as_str()))
+            .collect();
+        assert_eq!(
+            described,
+            [
+                ("Usage", "Email Finder × 2", "\u{2212}$0.06"),
+                ("Usage", "Email Finder × 4 (2 charges)", "\u{2212}$0.12"),
+                ("Usage", "API × 10", "\u{2212}$0.20"),
+                ("Top-up", "Top-up (Visa •••• 4242)", "+$25.00"),
+                ("Usage", "API × 5", "\u{2212}$0.10"),
+                ("Credit", "welcome", "+$5.00"),
+            ]
+        );
+        assert_eq!(rows[3].receipt_url.as_deref(), Some("/billing/receipts/top_1"));
+        assert!(
+            rows.iter()
+                .filter(|row| row.kind != "Top-up")
+                .all(|row| row.receipt_url.is_none())
+        );
     }
 
     #[test]

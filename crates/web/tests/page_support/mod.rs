@@ -33,6 +33,8 @@ const CHROME_FLAGS: &[&str] = &[
     "--no-first-run",
     "--disable-quic",
     "--disable-dev-shm-usage",
+    // Phones overlay their scrollbars: 390 px of window is 390 px of layout.
+    "--hide-scrollbars",
     "--lang=en-US",
 ];
 
@@ -67,6 +69,8 @@ pub fn screenshot_dir() -> PathBuf {
 /// One headless Chromium driven through chromedriver.
 pub struct Browser {
     pub client: Client,
+    /// Width and height the window adds around the viewport.
+    frame: std::sync::OnceLock<(u32, u32)>,
     driver: Child,
     _profile: tempfile::TempDir,
     log: PathBuf,
@@ -75,8 +79,11 @@ pub struct Browser {
 impl Browser {
     /// Starts chromedriver and Chromium; panics (never skips) when either cannot start.
     pub async fn start() -> Browser {
-        let driver_path = find_binary("CHROMEDRIVER", &["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"])
-            .unwrap_or_else(|| panic!("chromedriver not found: {}", install_hint()));
+        let driver_path = find_binary(
+            "CHROMEDRIVER",
+            &["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"],
+        )
+        .unwrap_or_else(|| panic!("chromedriver not found: {}", install_hint()));
         // Debian's /usr/bin/chromium is a wrapper script; the real binary sits beside the driver.
         let chrome_path = find_binary("CHROME_BIN", &["/usr/lib/chromium/chromium", "/usr/bin/chromium"])
             .unwrap_or_else(|| panic!("chromium not found: {}", install_hint()));
@@ -91,7 +98,13 @@ impl Browser {
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
-            .unwrap_or_else(|error| panic!("chromedriver ({}) did not start: {error}; {}", driver_path.display(), install_hint()));
+            .unwrap_or_else(|error| {
+                panic!(
+                    "chromedriver ({}) did not start: {error}; {}",
+                    driver_path.display(),
+                    install_hint()
+                )
+            });
         let url = format!("http://127.0.0.1:{port}");
         let mut browser = BrowserStart {
             driver: Some(driver),
@@ -99,7 +112,10 @@ impl Browser {
         };
         browser.wait_until_ready(&url).await;
         let mut args: Vec<String> = CHROME_FLAGS.iter().map(|flag| (*flag).to_owned()).collect();
-        args.push(format!("--user-data-dir={}", profile.path().join("profile").display()));
+        args.push(format!(
+            "--user-data-dir={}",
+            profile.path().join("profile").display()
+        ));
         args.push(format!("--window-size={},900", WIDTHS[0]));
         let mut capabilities = Capabilities::new();
         capabilities.insert("browserName".to_owned(), json!("chrome"));
@@ -107,8 +123,9 @@ impl Browser {
             "goog:chromeOptions".to_owned(),
             json!({"binary": chrome_path.display().to_string(), "args": args}),
         );
-        let client = match ClientBuilder::rustls()
-            .expect("TLS roots for the WebDriver client")
+        // chromedriver speaks plain HTTP on 127.0.0.1: no TLS stack needed.
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let client = match ClientBuilder::new(connector)
             .capabilities(capabilities)
             .connect(&url)
             .await
@@ -123,6 +140,7 @@ impl Browser {
         let driver = browser.driver.take().expect("driver process");
         Browser {
             client,
+            frame: std::sync::OnceLock::new(),
             driver,
             _profile: profile,
             log,
@@ -157,7 +175,11 @@ impl Browser {
             .await
         {
             Ok(element) => element,
-            Err(error) => panic!("`{css}` did not appear: {error}\non {}\n{}", self.url().await, self.body_text().await),
+            Err(error) => panic!(
+                "`{css}` did not appear: {error}\non {}\n{}",
+                self.url().await,
+                self.body_text().await
+            ),
         }
     }
 
@@ -166,16 +188,34 @@ impl Browser {
         self.client.find(Locator::Css(css)).await.is_ok()
     }
 
+    /// Runs `action` on the element, again if htmx replaced it in between (a stale
+    /// reference), until it works or the step times out.
+    async fn with_element<T, F, Fut>(&self, css: &str, what: &str, action: F) -> T
+    where
+        F: Fn(Element) -> Fut,
+        Fut: std::future::Future<Output = Result<T, fantoccini::error::CmdError>>,
+    {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        loop {
+            let element = self.find(css).await;
+            match action(element).await {
+                Ok(value) => return value,
+                Err(error) if Instant::now() < deadline && is_stale(&error) => {
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                }
+                Err(error) => panic!("{what} `{css}`: {error}"),
+            }
+        }
+    }
+
     pub async fn click(&self, css: &str) {
-        let element = self.find(css).await;
-        element
-            .click()
-            .await
-            .unwrap_or_else(|error| panic!("clicking `{css}`: {error}"));
+        self.with_element(css, "clicking", |element| async move { element.click().await })
+            .await;
     }
 
     pub async fn text(&self, css: &str) -> String {
-        self.find(css).await.text().await.expect("element text")
+        self.with_element(css, "reading", |element| async move { element.text().await })
+            .await
     }
 
     pub async fn body_text(&self) -> String {
@@ -215,7 +255,10 @@ impl Browser {
                 return url;
             }
             if Instant::now() > deadline {
-                panic!("never reached a URL with {part:?}; at {url}:\n{}", self.body_text().await);
+                panic!(
+                    "never reached a URL with {part:?}; at {url}:\n{}",
+                    self.body_text().await
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -241,12 +284,18 @@ impl Browser {
 
     /// Whether a control is disabled (the DOM property, not the attribute's text).
     pub async fn is_disabled(&self, css: &str) -> bool {
-        let element = self.find(css).await;
-        !element.is_enabled().await.expect("enabled state")
+        !self
+            .with_element(css, "reading the state of", |element| async move {
+                element.is_enabled().await
+            })
+            .await
     }
 
     pub async fn attr(&self, css: &str, name: &str) -> Option<String> {
-        self.find(css).await.attr(name).await.expect("attribute")
+        self.with_element(css, "reading an attribute of", |element| async move {
+            element.attr(name).await
+        })
+        .await
     }
 
     /// Runs a script and returns its value.
@@ -254,29 +303,68 @@ impl Browser {
         self.client.execute(source, vec![]).await.expect("script runs")
     }
 
-    /// Screenshots of the current state at every width, as `NAME-WIDTH.png`; the
-    /// window is made as tall as the page so each picture shows all of it.
+    /// Makes the viewport (not the window around it) `width` × `height` CSS pixels.
+    pub async fn set_viewport(&self, width: u32, height: u32) {
+        let (extra_width, extra_height) = self.frame.get().copied().unwrap_or((0, 0));
+        self.client
+            .set_window_size(width + extra_width, height + extra_height)
+            .await
+            .expect("window size");
+        if self.frame.get().is_none() {
+            // Measured once: what the window adds around the viewport.
+            let inner = self
+                .script("return [window.innerWidth, window.innerHeight];")
+                .await;
+            let inner = |index: usize| inner[index].as_u64().and_then(|value| u32::try_from(value).ok());
+            let frame = (
+                width.saturating_sub(inner(0).unwrap_or(width)),
+                height.saturating_sub(inner(1).unwrap_or(height)),
+            );
+            let _ = self.frame.set(frame);
+            if frame != (0, 0) {
+                self.client
+                    .set_window_size(width + frame.0, height + frame.1)
+                    .await
+                    .expect("window size");
+            }
+        }
+    }
+
+    /// Screenshots of the whole page at every width, as `NAME-WIDTH.png` (the viewport
+    /// is made as tall as the page).
     pub async fn screenshots(&self, name: &str) {
+        self.capture(name, true).await;
+    }
+
+    /// Screenshots of what a screen shows (1280 × 900, 390 × 844) at every width: for
+    /// dialogs, which sit in the middle of the screen.
+    pub async fn screenshots_of_screen(&self, name: &str) {
+        self.capture(name, false).await;
+    }
+
+    async fn capture(&self, name: &str, full_page: bool) {
         let dir = screenshot_dir();
         std::fs::create_dir_all(&dir).expect("screenshot directory");
         for width in WIDTHS {
-            self.client.set_window_size(width, 900).await.expect("window size");
-            tokio::time::sleep(Duration::from_millis(60)).await;
-            let height = self
-                .script("return Math.max(document.documentElement.scrollHeight, document.body.scrollHeight);")
-                .await
-                .as_u64()
-                .unwrap_or(900)
-                .clamp(600, 6000);
-            self.client
-                .set_window_size(width, u32::try_from(height).unwrap_or(900))
-                .await
-                .expect("window size");
-            tokio::time::sleep(Duration::from_millis(60)).await;
+            let screen_height = if width < 600 { 844 } else { 900 };
+            self.set_viewport(width, screen_height).await;
+            if full_page {
+                self.script("window.scrollTo(0, 0);").await;
+                let height = self
+                    .script(
+                        "return Math.max(document.documentElement.scrollHeight, document.body.scrollHeight);",
+                    )
+                    .await
+                    .as_u64()
+                    .and_then(|height| u32::try_from(height).ok())
+                    .unwrap_or(screen_height)
+                    .clamp(600, 8000);
+                self.set_viewport(width, height).await;
+            }
             let png = self.client.screenshot().await.expect("screenshot");
             std::fs::write(dir.join(format!("{name}-{width}.png")), png).expect("screenshot written");
         }
-        self.client.set_window_size(WIDTHS[0], 900).await.expect("window size");
+        self.set_viewport(WIDTHS[0], 900).await;
     }
 
     /// Whether the page is wider than the window (something does not fit at this width).
@@ -333,7 +421,11 @@ impl BrowserStart {
             if let Some(driver) = self.driver.as_mut()
                 && let Ok(Some(status)) = driver.try_wait()
             {
-                panic!("chromedriver exited with {status}:\n{}\n{}", self.log_tail(), install_hint());
+                panic!(
+                    "chromedriver exited with {status}:\n{}\n{}",
+                    self.log_tail(),
+                    install_hint()
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -357,6 +449,11 @@ impl Drop for BrowserStart {
             let _ = driver.wait();
         }
     }
+}
+
+fn is_stale(error: &fantoccini::error::CmdError) -> bool {
+    matches!(error, fantoccini::error::CmdError::Standard(error)
+        if error.error == fantoccini::error::ErrorStatus::StaleElementReference)
 }
 
 fn tail(path: &Path) -> String {
