@@ -88,7 +88,10 @@ pub async fn create_account(
         .map_err(|error| ApiError::from_command(error, "id"))?
         .created_by(caller.actor);
     let record = state.store().create_account(account).await?;
-    Ok((StatusCode::CREATED, Json(render_with_card(&state, &record).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(render_with_card(&state, &record).await?),
+    ))
 }
 
 /// One account, with its balances and current tier.
