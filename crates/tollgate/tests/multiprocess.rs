@@ -47,7 +47,12 @@ impl Drop for Server {
 }
 
 fn start(database_url: &str) -> Server {
-    let mut child = tollgate(database_url)
+    spawn_server(tollgate(database_url))
+}
+
+/// Runs `tollgate serve` with `command`'s settings and reads the URL off its banner.
+fn spawn_server(mut command: Command) -> Server {
+    let mut child = command
         .arg("serve")
         .stdout(Stdio::piped())
         .spawn()
@@ -69,13 +74,38 @@ fn start(database_url: &str) -> Server {
     }
 }
 
-/// Sends one charge, moving to another live process when one does not answer.
+/// Sends one `email_finder` charge, moving to another live process when one does not answer.
 async fn charge(
     client: &reqwest::Client,
     urls: &[String],
     killed: &AtomicBool,
     first: usize,
     key: &str,
+) -> (u16, Value) {
+    let body = json!({"action": "email_finder", "quantity": 1, "idempotency_key": key});
+    send_usage(client, urls, killed, first, &body).await
+}
+
+/// One `api` charge of 12 requests ($0.24), moving to a live process when one does not answer.
+async fn charge_api(
+    client: &reqwest::Client,
+    urls: &[String],
+    killed: &AtomicBool,
+    first: usize,
+    key: &str,
+) -> (u16, Value) {
+    let body = json!({"action": "api", "quantity": 12, "idempotency_key": key});
+    send_usage(client, urls, killed, first, &body).await
+}
+
+/// Posts a usage event to process `first`, then to the next live ones until one answers
+/// (anything but a 5xx: a killed process, or one shedding load, does not count).
+async fn send_usage(
+    client: &reqwest::Client,
+    urls: &[String],
+    killed: &AtomicBool,
+    first: usize,
+    body: &Value,
 ) -> (u16, Value) {
     for attempt in 0..20 {
         let mut index = (first + attempt) % urls.len();
@@ -85,13 +115,12 @@ async fn charge(
         let sent = client
             .post(format!("{}/v1/accounts/acme/usage", urls[index]))
             .bearer_auth(KEY)
-            .json(&json!({"action": "email_finder", "quantity": 1, "idempotency_key": key}))
+            .json(body)
             .send()
             .await;
         if let Ok(response) = sent {
             let status = response.status().as_u16();
             if let Ok(body) = response.json::<Value>().await
-                && status != 503
                 && status < 500
             {
                 return (status, body);
@@ -99,7 +128,7 @@ async fn charge(
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    panic!("no process answered for key {key}");
+    panic!("no process answered for {body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -271,29 +300,12 @@ fn start_with_stripe(database_url: &str, sandbox: &SharedSandbox) -> Server {
 
 fn start_with_stripe_env(database_url: &str, sandbox: &SharedSandbox, env: &[(&str, &str)]) -> Server {
     let mut command = tollgate(database_url);
-    command.envs(env.iter().copied());
     command
+        .envs(env.iter().copied())
         .env("TOLLGATE_STRIPE_SECRET_KEY", "sk_test_multiprocess")
         .env("TOLLGATE_STRIPE_API_BASE", &sandbox.url)
-        .env("TOLLGATE_STRIPE_WEBHOOK_SECRET", SANDBOX_SECRET)
-        .arg("serve")
-        .stdout(Stdio::piped());
-    let mut child = command.spawn().expect("tollgate starts");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let mut url = None;
-    for line in lines.by_ref() {
-        let line = line.expect("banner line");
-        if let Some(rest) = line.strip_prefix("Tollgate is running at ") {
-            url = Some(rest.trim().to_owned());
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    Server {
-        child,
-        url: url.expect("the banner prints the URL"),
-    }
+        .env("TOLLGATE_STRIPE_WEBHOOK_SECRET", SANDBOX_SECRET);
+    spawn_server(command)
 }
 
 async fn get_json(client: &reqwest::Client, url: &str) -> Value {
@@ -478,38 +490,6 @@ async fn three_processes_recharge_once_per_crossing_through_a_sigkill() {
         .expect("verify runs");
     let report = String::from_utf8_lossy(&verified.stdout).into_owned();
     assert!(verified.status.success(), "ledger verify failed: {report}");
-}
-
-/// One `api` charge of 12 requests ($0.24), moving to a live process when one does not answer.
-async fn charge_api(
-    client: &reqwest::Client,
-    urls: &[String],
-    killed: &AtomicBool,
-    first: usize,
-    key: &str,
-) -> (u16, Value) {
-    for attempt in 0..20 {
-        let mut index = (first + attempt) % urls.len();
-        if killed.load(Ordering::SeqCst) && index == 2 {
-            index = attempt % 2;
-        }
-        let sent = client
-            .post(format!("{}/v1/accounts/acme/usage", urls[index]))
-            .bearer_auth(KEY)
-            .json(&json!({"action": "api", "quantity": 12, "idempotency_key": key}))
-            .send()
-            .await;
-        if let Ok(response) = sent {
-            let status = response.status().as_u16();
-            if let Ok(body) = response.json::<Value>().await
-                && status < 500
-            {
-                return (status, body);
-            }
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    panic!("no process answered for key {key}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
