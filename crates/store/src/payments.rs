@@ -224,13 +224,18 @@ pub(crate) fn refund_amount(topup: &TopupRecord, requested: Option<Micros>) -> S
 
 /// The difference between what the processor says was refunded and what is recorded,
 /// when the processor knows of more (a refund made in its dashboard).
+///
+/// What the processor refunded is a fact, bounded only by the payment: the disputed total
+/// is not subtracted, because it may be stale (a dispute won at the processor before the
+/// refund, whose news has not arrived yet, is given back when it does). Capping by it would
+/// drop that refund for good, since an applied `charge.refunded` is never sent again.
 pub(crate) fn unrecorded_refund(topup: &TopupRecord, total_refunded: Micros) -> Option<Micros> {
     if topup.status != TopupStatus::Succeeded || total_refunded <= topup.refunded {
         return None;
     }
     let missing = total_refunded.checked_sub(topup.refunded).ok()?;
-    Some(missing.min(refundable(topup.amount, topup.refunded, topup.disputed)))
-        .filter(|amount| amount.is_positive())
+    let left = topup.amount.checked_sub(topup.refunded).ok()?;
+    Some(missing.min(left)).filter(|amount| amount.is_positive())
 }
 
 /// The journal line's text for a refund taking money back.
@@ -469,6 +474,13 @@ mod tests {
         );
         assert_eq!(
             unrecorded_refund(&record, Micros::new(500_000_000)),
+            Some(Micros::new(70_000_000))
+        );
+        // A dispute the store still counts (won at the processor, news not yet arrived)
+        // does not hide a refund the processor made.
+        record.disputed = Micros::new(70_000_000);
+        assert_eq!(
+            unrecorded_refund(&record, Micros::new(100_000_000)),
             Some(Micros::new(70_000_000))
         );
     }
