@@ -31,6 +31,7 @@ fn rules(book: Arc<PriceBook>) -> StoreRules {
         price_book: book,
         tier_basis: TierBasis::default(),
         clock: Arc::new(SystemClock),
+        balance_low_level: tollgate_core::DEFAULT_BALANCE_LOW_LEVEL,
     }
 }
 

@@ -10,6 +10,7 @@
 pub mod clock;
 pub mod commands;
 pub mod cycle;
+pub mod events;
 pub mod hold;
 pub mod ids;
 pub mod ledger;
@@ -21,6 +22,7 @@ pub mod recharge;
 pub use clock::{Clock, ManualClock};
 pub use commands::{Actor, GrantCommand, HoldCommand, InvalidCommand, NewAccount, UsageCommand};
 pub use cycle::{BillingCycle, CycleAnchor, NextTier, SpendState, Timestamp};
+pub use events::{DEFAULT_BALANCE_LOW_LEVEL, DeliveryPolicy, EventSelection, EventType, balance_crossings};
 pub use hold::{HoldEvent, HoldNotActive, HoldStatus, HoldTtl};
 pub use ids::{AccountId, ActionId, IdempotencyKey, InvalidId, Quantity, TierId};
 pub use ledger::{

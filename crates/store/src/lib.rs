@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 mod decide;
+mod events;
 mod invariants;
 mod payments;
 mod portal;
@@ -22,7 +23,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tollgate_core::{
-    AccountId, Actor, Clock, GrantCommand, HoldCommand, HoldStatus, InsufficientFunds, InvalidRefund, Micros,
+    AccountId, Actor, Clock, DeliveryPolicy, GrantCommand, HoldCommand, HoldStatus, InsufficientFunds, InvalidRefund, Micros,
     NewAccount, NewTopup, PriceBook, Quantity, TierBasis, Timestamp, TopupLimits, TopupOutcome, UsageCommand,
 };
 
@@ -32,8 +33,10 @@ pub use records::{
     AccountRecord, ApiKeyRecord, AuditRecord, AutoRechargeChange, AutoRechargeRecord, AutoRechargeStart,
     CardRecord, CardSetupResult, DisputeApplied, DisputeNews, HoldRecord, Idempotent, LedgerReport,
     MAX_PAGE_SIZE, Page, PageRequest, PaymentProfile, RefundRecord, RefundRequest, RefundState, TopupRecord,
-    TransactionLine, UsageRecord,
+    TransactionLine, UsageRecord, DeliveryAttempt, DeliveryRecord, DeliveryStatus, DueDelivery, EventFilter,
+    EventRecord, NewWebhookEndpoint, WebhookEndpointRecord,
 };
+pub use events::MAX_DELIVERY_BATCH;
 
 /// Largest number of open top-ups one recovery pass looks at.
 pub const MAX_RECOVERY_BATCH: usize = 100;
@@ -287,6 +290,33 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<PortalSessionRecord>>;
     /// The live (redeemed, unexpired) session with this secret's hash.
     async fn portal_session(&self, session_hash: &str) -> StoreResult<Option<PortalSessionRecord>>;
+
+    /// Recorded events, newest first, filtered by account and type.
+    async fn list_events(&self, filter: EventFilter, page: PageRequest) -> StoreResult<Page<EventRecord>>;
+    /// One event by id.
+    async fn event(&self, id: &str) -> StoreResult<EventRecord>;
+    /// Registers an operator webhook endpoint (audited); it receives the events recorded
+    /// from then on.
+    async fn create_webhook_endpoint(&self, endpoint: NewWebhookEndpoint) -> StoreResult<WebhookEndpointRecord>;
+    /// Switches an endpoint off (audited); its pending deliveries stop.
+    async fn disable_webhook_endpoint(&self, id: &str, actor: Actor) -> StoreResult<WebhookEndpointRecord>;
+    /// Every registered endpoint, oldest first.
+    async fn webhook_endpoints(&self) -> StoreResult<Vec<WebhookEndpointRecord>>;
+    /// Claims up to `limit` (at most [`MAX_DELIVERY_BATCH`]) due deliveries for `lease_ms`:
+    /// per endpoint and account only the oldest pending one, so each account's events go
+    /// out in order; a claimed delivery is no one else's until its lease ends.
+    async fn claim_deliveries(&self, lease_ms: u64, limit: usize) -> StoreResult<Vec<DueDelivery>>;
+    /// Records an attempt of a claimed delivery: delivered, due again after `policy`'s
+    /// back-off, or given up after its window. A delivery no longer pending stays as it is.
+    async fn record_delivery_attempt(
+        &self,
+        endpoint: &str,
+        event_sequence: i64,
+        attempt: DeliveryAttempt,
+        policy: DeliveryPolicy,
+    ) -> StoreResult<DeliveryRecord>;
+    /// An endpoint's delivery log, newest event first.
+    async fn deliveries(&self, endpoint: &str, page: PageRequest) -> StoreResult<Page<DeliveryRecord>>;
 }
 
 /// A shared, dynamically chosen store.
@@ -300,6 +330,8 @@ pub struct StoreRules {
     pub tier_basis: TierBasis,
     /// The source of "now".
     pub clock: Arc<dyn Clock>,
+    /// The available balance below which `balance.low` fires (once per crossing); zero: never.
+    pub balance_low_level: Micros,
 }
 
 /// Opens the store `url` names (SQLite file or PostgreSQL), migrating it as needed.

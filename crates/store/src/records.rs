@@ -2,7 +2,7 @@
 
 use tollgate_core::{
     AccountId, AccountPlan, ActionId, Actor, AutoRechargeSettings, Balances, BillingMode, CycleAnchor,
-    DisputeStatus, HoldStatus, IdempotencyKey, Micros, PriceSource, Quantity, RechargeBlocked, RechargeRule,
+    DisputeStatus, EventSelection, EventType, HoldStatus, IdempotencyKey, Micros, PriceSource, Quantity, RechargeBlocked, RechargeRule,
     SpendState, TierId, Timestamp, TopupSource, TopupStatus, TransactionKind,
 };
 
@@ -454,4 +454,144 @@ pub enum AutoRechargeStart {
     /// Below the threshold, but no recharge may start (off, one in flight, cooling
     /// down, monthly cap reached).
     Blocked(RechargeBlocked),
+}
+
+/// One recorded event (the outbox row), in the account's order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventRecord {
+    /// Position in the outbox: events of one account are numbered in the order they happened.
+    pub sequence: i64,
+    /// `evt_…`, stable across deliveries.
+    pub id: String,
+    /// What happened.
+    pub kind: EventType,
+    /// Whose account.
+    pub account: AccountId,
+    /// What it is about: the top-up, invoice, card or new tier's id.
+    pub reference: Option<String>,
+    /// The amount it is about: top-up or invoice amount, or the low level crossed.
+    pub amount: Option<Micros>,
+    /// The available balance right after it.
+    pub balance: Option<Micros>,
+    /// More: the failure code, the previous tier, the card's brand and last four.
+    pub detail: Option<String>,
+    /// When.
+    pub created_at: Timestamp,
+}
+
+/// Which events to list.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// Only this account's.
+    pub account: Option<AccountId>,
+    /// Only this type.
+    pub kind: Option<EventType>,
+}
+
+/// An operator endpoint to create.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewWebhookEndpoint {
+    /// `we_…`.
+    pub id: String,
+    /// Where deliveries are POSTed.
+    pub url: String,
+    /// The signing secret (`whsec_…`).
+    pub secret: String,
+    /// Which events it receives.
+    pub events: EventSelection,
+    /// Who registered it.
+    pub actor: Actor,
+}
+
+/// A registered operator endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookEndpointRecord {
+    /// `we_…`.
+    pub id: String,
+    /// Where deliveries are POSTed.
+    pub url: String,
+    /// The signing secret.
+    pub secret: String,
+    /// Which events it receives.
+    pub events: EventSelection,
+    /// When it was registered.
+    pub created_at: Timestamp,
+    /// When it was switched off, if it was.
+    pub disabled_at: Option<Timestamp>,
+}
+
+/// Where one event's delivery to one endpoint stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryStatus {
+    /// Not acknowledged yet; attempts continue.
+    Pending,
+    /// The endpoint answered 2xx.
+    Delivered,
+    /// Attempts stopped after the retry window.
+    Failed,
+}
+
+impl DeliveryStatus {
+    /// The stored and wire name.
+    pub const fn code(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Failed => "failed",
+        }
+    }
+
+    /// The status a stored name names.
+    pub fn parse(code: &str) -> Option<DeliveryStatus> {
+        [DeliveryStatus::Pending, DeliveryStatus::Delivered, DeliveryStatus::Failed]
+            .into_iter()
+            .find(|status| status.code() == code)
+    }
+}
+
+/// One event's delivery to one endpoint: the delivery log's line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryRecord {
+    /// The endpoint.
+    pub endpoint: String,
+    /// The event.
+    pub event: EventRecord,
+    /// Where it stands.
+    pub status: DeliveryStatus,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When the next attempt is due (pending only).
+    pub next_attempt_at: Timestamp,
+    /// The HTTP status of the last attempt, when the endpoint answered.
+    pub last_status_code: Option<u16>,
+    /// Why the last attempt failed, when it did.
+    pub last_error: Option<String>,
+    /// When the last attempt was made.
+    pub last_attempt_at: Option<Timestamp>,
+    /// When the endpoint acknowledged it.
+    pub delivered_at: Option<Timestamp>,
+}
+
+/// A delivery claimed for sending: the event, and where and how to send it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DueDelivery {
+    /// The endpoint's id.
+    pub endpoint: String,
+    /// Where to POST.
+    pub url: String,
+    /// What to sign with.
+    pub secret: String,
+    /// What to send.
+    pub event: EventRecord,
+    /// Attempts made before this one.
+    pub attempts: u32,
+}
+
+/// What one delivery attempt came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryAttempt {
+    /// The endpoint's HTTP status, when it answered.
+    pub status_code: Option<u16>,
+    /// Why it failed (timeout, refused connection, non-2xx), `None` when delivered.
+    pub error: Option<String>,
 }

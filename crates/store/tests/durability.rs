@@ -21,6 +21,7 @@ fn rules(clock: &Arc<ManualClock>) -> StoreRules {
         price_book: Arc::new(default_price_book()),
         tier_basis: TierBasis::Cycle,
         clock: clock.clone(),
+        balance_low_level: tollgate_core::DEFAULT_BALANCE_LOW_LEVEL,
     }
 }
 

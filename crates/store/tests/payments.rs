@@ -28,6 +28,7 @@ async fn setup() -> (TestDatabase, SharedStore, AccountId) {
         price_book: Arc::new(default_price_book()),
         tier_basis: TierBasis::Cycle,
         clock,
+        balance_low_level: tollgate_core::DEFAULT_BALANCE_LOW_LEVEL,
     });
     let acme = AccountId::parse("acme").unwrap();
     store

@@ -17,6 +17,7 @@ fn open(db: &TestDatabase, clock: Arc<ManualClock>) -> SharedStore {
         price_book: Arc::new(default_price_book()),
         tier_basis: TierBasis::Cycle,
         clock,
+        balance_low_level: tollgate_core::DEFAULT_BALANCE_LOW_LEVEL,
     })
 }
 

@@ -1166,6 +1166,7 @@ fn open_store(
         price_book: price_book.clone(),
         tier_basis: basis,
         clock: clock.clone(),
+        balance_low_level: tollgate_core::DEFAULT_BALANCE_LOW_LEVEL,
     })
 }
 

@@ -19,6 +19,7 @@ pub fn open_store(database_url: &str, config: &Config) -> anyhow::Result<SharedS
         price_book: config.price_book.clone(),
         tier_basis: config.tier_basis,
         clock: Arc::new(SystemClock),
+        balance_low_level: config.balance_low_level,
     };
     match DatabaseUrl::parse(database_url).map_err(anyhow::Error::msg)? {
         DatabaseUrl::Sqlite(path) => {

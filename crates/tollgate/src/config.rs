@@ -12,7 +12,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 use tollgate_core::{
-    ActionId, ActionSpec, DiscountPercent, HoldTtl, Micros, PriceBook, TierBasis, TierId, TierSpec,
+    ActionId, ActionSpec, DeliveryPolicy, DiscountPercent, HoldTtl, Micros, PriceBook, TierBasis, TierId, TierSpec,
     TopupLimits,
 };
 
@@ -26,6 +26,7 @@ struct FileConfig {
     limits: LimitsSection,
     sales: SalesSection,
     payments: PaymentsSection,
+    events: EventsSection,
     demo: DemoSection,
     actions: Vec<ActionSection>,
     tiers: Vec<TierSection>,
@@ -61,6 +62,17 @@ struct PaymentsSection {
     recovery_interval_ms: u64,
     recovery_min_age_seconds: i64,
     receipt_issuer: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsSection {
+    balance_low_level: String,
+    delivery_poll_interval_ms: u64,
+    delivery_first_retry_ms: u64,
+    delivery_max_retry_ms: u64,
+    delivery_give_up_after_hours: u64,
+    delivery_timeout_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,6 +129,12 @@ pub struct Config {
     pub recovery_min_age_seconds: i64,
     /// The merchant named on receipts.
     pub receipt_issuer: String,
+    /// The available balance below which `balance.low` fires, once per crossing.
+    pub balance_low_level: Micros,
+    /// How often the event sender looks for due deliveries.
+    pub delivery_poll_interval_ms: u64,
+    /// Retries and timeouts of deliveries to operator endpoints.
+    pub delivery_policy: DeliveryPolicy,
     /// Whether first start creates the demo account.
     pub create_demo_account: bool,
     /// The demo account's starting credit.
@@ -205,6 +223,19 @@ fn validate(file: FileConfig) -> anyhow::Result<Config> {
     if file.payments.receipt_issuer.trim().is_empty() {
         bail!("payments.receipt_issuer must not be empty");
     }
+    let balance_low_level = money("events.balance_low_level", &file.events.balance_low_level)?;
+    if balance_low_level.is_negative() {
+        bail!("events.balance_low_level must not be negative");
+    }
+    if file.events.delivery_give_up_after_hours < 24 {
+        bail!("events.delivery_give_up_after_hours must be at least 24 (deliveries are retried for a day)");
+    }
+    let delivery_policy = DeliveryPolicy {
+        first_retry_ms: file.events.delivery_first_retry_ms.clamp(10, 3_600_000),
+        max_retry_ms: file.events.delivery_max_retry_ms.clamp(10, 86_400_000),
+        give_up_after_ms: file.events.delivery_give_up_after_hours.min(24 * 30) * 3_600_000,
+        timeout_ms: file.events.delivery_timeout_ms.clamp(100, 60_000),
+    };
     let demo_credit = money("demo.credit", &file.demo.credit)?;
     if demo_credit.is_negative() {
         bail!("demo.credit must not be negative");
@@ -222,6 +253,9 @@ fn validate(file: FileConfig) -> anyhow::Result<Config> {
         recovery_interval_ms: file.payments.recovery_interval_ms.clamp(1_000, 3_600_000),
         recovery_min_age_seconds: file.payments.recovery_min_age_seconds.clamp(0, 86_400),
         receipt_issuer: file.payments.receipt_issuer,
+        balance_low_level,
+        delivery_poll_interval_ms: file.events.delivery_poll_interval_ms.clamp(10, 60_000),
+        delivery_policy,
         create_demo_account: file.demo.create_account,
         demo_credit,
     })

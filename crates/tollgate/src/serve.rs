@@ -150,6 +150,11 @@ pub async fn run(database_url: &str, config: Config, args: ServeArgs) -> anyhow:
         payments.billing.clone(),
     );
     let sweeper = tollgate_web::spawn_hold_sweeper(store.clone(), config.hold_sweep_interval_ms);
+    let event_sender = tollgate_web::spawn_event_sender(
+        store.clone(),
+        tollgate_web::EventSender::new(config.delivery_policy).context("building the event sender")?,
+        config.delivery_poll_interval_ms,
+    );
 
     println!("Tollgate is running at {public_url}");
     println!("  database:   {database_url}");
@@ -188,6 +193,7 @@ pub async fn run(database_url: &str, config: Config, args: ServeArgs) -> anyhow:
         .await
         .context("serving HTTP")?;
     sweeper.abort();
+    event_sender.abort();
     recovery.abort();
     auto_recharge.abort();
     if let Some(sandbox) = payments.sandbox {

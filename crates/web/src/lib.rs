@@ -9,6 +9,7 @@ pub mod api;
 pub mod auth;
 mod config;
 pub mod error;
+pub mod event_sender;
 mod extract;
 pub mod openapi;
 pub mod page;
@@ -31,6 +32,7 @@ pub use config::{
     DEFAULT_HOLD_TTL_SECONDS, DEFAULT_MAX_BODY_BYTES, DEFAULT_RATE_LIMIT_PER_SECOND,
     DEFAULT_REQUEST_TIMEOUT_MS, WebConfig,
 };
+pub use event_sender::{EventSender, spawn_event_sender};
 pub use state::AppState;
 pub use sweeper::{MAX_SWEEP_ROUNDS, SWEEP_BATCH, spawn_hold_sweeper, sweep_expired_holds};
 

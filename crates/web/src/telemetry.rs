@@ -24,6 +24,8 @@ pub const USAGE_REFUSALS: &str = "tollgate_usage_refusals_total";
 pub const USAGE_REPLAYS: &str = "tollgate_usage_replays_total";
 /// Holds released by the sweeper.
 pub const HOLDS_EXPIRED: &str = "tollgate_holds_expired_total";
+/// Attempts to deliver events to operator endpoints, by outcome.
+pub const EVENT_DELIVERIES: &str = "tollgate_event_delivery_attempts_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -58,6 +60,7 @@ fn describe() {
     metrics::describe_counter!(USAGE_REFUSALS, "Usage events refused, by error code");
     metrics::describe_counter!(USAGE_REPLAYS, "Usage events answered as idempotent replays");
     metrics::describe_counter!(HOLDS_EXPIRED, "Holds released because their time ran out");
+    metrics::describe_counter!(EVENT_DELIVERIES, "Event delivery attempts to operator endpoints, by outcome");
 }
 
 /// The Prometheus text exposition of every metric.
@@ -122,4 +125,10 @@ pub(crate) fn usage_refused(code: &'static str) {
 /// Records holds released by the sweeper.
 pub(crate) fn holds_expired(count: usize) {
     metrics::counter!(HOLDS_EXPIRED).increment(u64::try_from(count).unwrap_or(u64::MAX));
+}
+
+/// Records one event delivery attempt.
+pub(crate) fn event_delivery(delivered: bool) {
+    let outcome = if delivered { "delivered" } else { "failed" };
+    metrics::counter!(EVENT_DELIVERIES, "outcome" => outcome).increment(1);
 }

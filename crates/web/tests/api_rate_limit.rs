@@ -32,6 +32,7 @@ async fn a_key_over_its_rate_gets_429_while_other_keys_pass() {
                 price_book: book.clone(),
                 tier_basis: TierBasis::Cycle,
                 clock: clock.clone(),
+                balance_low_level: tollgate_core::DEFAULT_BALANCE_LOW_LEVEL,
             },
         )
         .unwrap(),

@@ -12,6 +12,7 @@
 //! advisory locks, no LISTEN/NOTIFY, statements prepared and used inside one
 //! transaction), so PgBouncer in transaction mode works.
 
+mod events;
 mod ops;
 mod payments;
 mod portal;
@@ -26,7 +27,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{IsolationLevel, NoTls};
 use tollgate_core::{
-    AccountId, Actor, GrantCommand, HoldCommand, InsufficientFunds, Micros, NewAccount, NewTopup, Quantity,
+    AccountId, Actor, DeliveryPolicy, GrantCommand, HoldCommand, InsufficientFunds, Micros, NewAccount, NewTopup, Quantity,
     Timestamp, TopupOutcome, UsageCommand,
 };
 
@@ -34,7 +35,8 @@ use crate::{
     AccountRecord, ApiKeyRecord, AuditRecord, CardRecord, CardSetupResult, DisputeApplied, DisputeNews,
     HoldRecord, Idempotent, LedgerReport, MAX_BATCH_EVENTS, Page, PageRequest, PaymentProfile, RefundRecord,
     RefundRequest, Store, StoreError, StoreResult, StoreRules, TopupRecord, TopupReference, TransactionLine,
-    UsageRecord,
+    UsageRecord, DeliveryAttempt, DeliveryRecord, DueDelivery, EventFilter, EventRecord, NewWebhookEndpoint,
+    WebhookEndpointRecord,
 };
 
 mod embedded {
@@ -716,5 +718,61 @@ impl Store for PgStore {
             session_hash
         )
         .await)
+    }
+
+    async fn list_events(&self, filter: EventFilter, page: PageRequest) -> StoreResult<Page<EventRecord>> {
+        read!(self, |tx, _context| events::list_events(&tx, &filter, &page).await)
+    }
+
+    async fn event(&self, id: &str) -> StoreResult<EventRecord> {
+        read!(self, |tx, _context| events::event(&tx, id).await)
+    }
+
+    async fn create_webhook_endpoint(&self, endpoint: NewWebhookEndpoint) -> StoreResult<WebhookEndpointRecord> {
+        let endpoint = &endpoint;
+        transaction!(self, |tx, context| events::create_endpoint(&tx, &context, endpoint).await)
+    }
+
+    async fn disable_webhook_endpoint(&self, id: &str, actor: Actor) -> StoreResult<WebhookEndpointRecord> {
+        let actor = &actor;
+        transaction!(self, |tx, context| events::disable_endpoint(&tx, &context, id, actor).await)
+    }
+
+    async fn webhook_endpoints(&self) -> StoreResult<Vec<WebhookEndpointRecord>> {
+        read!(self, |tx, _context| events::list_endpoints(&tx).await)
+    }
+
+    async fn claim_deliveries(&self, lease_ms: u64, limit: usize) -> StoreResult<Vec<DueDelivery>> {
+        let lease = time::Duration::milliseconds(i64::try_from(lease_ms).unwrap_or(i64::MAX));
+        transaction!(self, |tx, context| events::claim_deliveries(
+            &tx,
+            &context,
+            context.now + lease,
+            limit
+        )
+        .await)
+    }
+
+    async fn record_delivery_attempt(
+        &self,
+        endpoint: &str,
+        event_sequence: i64,
+        attempt: DeliveryAttempt,
+        policy: DeliveryPolicy,
+    ) -> StoreResult<DeliveryRecord> {
+        let (attempt, policy) = (&attempt, &policy);
+        transaction!(self, |tx, context| events::record_attempt(
+            &tx,
+            &context,
+            endpoint,
+            event_sequence,
+            attempt,
+            policy
+        )
+        .await)
+    }
+
+    async fn deliveries(&self, endpoint: &str, page: PageRequest) -> StoreResult<Page<DeliveryRecord>> {
+        read!(self, |tx, _context| events::list_deliveries(&tx, endpoint, &page).await)
     }
 }

@@ -13,8 +13,10 @@ use tollgate_core::{
 };
 
 use super::PgResult;
+use super::events;
 use super::rows::{self, StoredAccount};
 use crate::decide::{decide_usage, not_found, overflow, usage_record};
+use crate::events::{balance_events, tier_upgrade};
 use crate::{
     AccountRecord, AuditRecord, HoldRecord, Idempotent, StoreError, StoreResult, StoreRules, TransactionLine,
     UsageRecord, new_id,
@@ -202,6 +204,17 @@ pub(super) async fn append<C: GenericClient + Sync>(
             )
             .await?;
     }
+    events::insert_events(
+        client,
+        context,
+        &balance_events(
+            &journal.account,
+            account.record.balances,
+            balances_after,
+            context.rules.balance_low_level,
+        ),
+    )
+    .await?;
     account.record.balances = balances_after;
     account.journal_sequence = sequence;
     Ok(TransactionLine {
@@ -248,11 +261,16 @@ async fn record_usage<C: GenericClient + Sync>(
     )
     .await?;
     let quote = &decision.quote;
+    let tier_before = account.record.spend.current_tier(&context.rules.price_book, context.rules.tier_basis);
     account
         .record
         .spend
         .record_charge(quote.amount, quote.savings)
         .map_err(overflow)?;
+    let tier_after = account.record.spend.current_tier(&context.rules.price_book, context.rules.tier_basis);
+    if let Some(upgraded) = tier_upgrade(context.rules, &account.record.id, tier_before, tier_after) {
+        events::insert_events(client, context, &[upgraded]).await?;
+    }
     client
         .execute(
             "INSERT INTO usage_records (transaction_id, account_id, action, quantity, unit_price_micros, \
@@ -382,13 +400,37 @@ pub(super) async fn audit<C: GenericClient + Sync>(
     before: Option<String>,
     after: Option<String>,
 ) -> PgResult<()> {
+    audit_entry(client, context, actor, action, Some(account), before, after).await
+}
+
+/// An audit entry about no one account (webhook endpoints, …).
+pub(super) async fn audit_global<C: GenericClient + Sync>(
+    client: &C,
+    context: &Context<'_>,
+    actor: &Actor,
+    action: &str,
+    before: Option<String>,
+    after: Option<String>,
+) -> PgResult<()> {
+    audit_entry(client, context, actor, action, None, before, after).await
+}
+
+async fn audit_entry<C: GenericClient + Sync>(
+    client: &C,
+    context: &Context<'_>,
+    actor: &Actor,
+    action: &str,
+    account: Option<&AccountId>,
+    before: Option<String>,
+    after: Option<String>,
+) -> PgResult<()> {
     rows::insert_audit(
         client,
         &AuditRecord {
             id: new_id("aud"),
             actor: actor.to_string(),
             action: action.to_owned(),
-            account: Some(account.clone()),
+            account: account.cloned(),
             before,
             after,
             created_at: context.now,

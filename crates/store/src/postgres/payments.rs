@@ -19,6 +19,8 @@ use tollgate_core::{
 };
 
 use super::PgResult;
+use super::events;
+use crate::events::{card_changed, card_event, topup_event};
 use super::ops::{self, Context, JournalWrite};
 use super::recharge;
 use super::rows::{self, StoredAccount};
@@ -214,6 +216,9 @@ async fn write_card<C: GenericClient + Sync>(
         .await?;
     let (action, before, after) = card_change_audit(previous.as_ref(), card);
     ops::audit(client, context, actor, action, account, before, after).await?;
+    if card_changed(previous.as_ref(), card) {
+        events::insert_events(client, context, &[card_event(account, card)]).await?;
+    }
     Ok(previous)
 }
 
@@ -691,7 +696,11 @@ pub async fn settle_topup<C: GenericClient + Sync>(
     }
     // An auto top-up's outcome resolves its rule, in the same transaction.
     recharge::after_settle(client, context, &topup, outcome).await?;
-    load_topup(client, topup_id).await
+    let settled = load_topup(client, topup_id).await?;
+    if let Some(event) = topup_event(previous, &settled) {
+        events::insert_events(client, context, &[event]).await?;
+    }
+    Ok(settled)
 }
 
 // ---------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 //! The embedded store: SQLite in WAL mode with `synchronous=FULL`, one
 //! writer thread that group-commits, and a small pool of read connections.
 
+mod events;
 mod ops;
 mod payments;
 mod portal;
@@ -16,7 +17,7 @@ use async_trait::async_trait;
 use rusqlite::Connection;
 use tokio::sync::Semaphore;
 use tollgate_core::{
-    AccountId, Actor, GrantCommand, HoldCommand, Micros, NewAccount, NewTopup, Quantity, Timestamp,
+    AccountId, Actor, DeliveryPolicy, GrantCommand, HoldCommand, Micros, NewAccount, NewTopup, Quantity, Timestamp,
     TopupOutcome, UsageCommand,
 };
 
@@ -25,6 +26,7 @@ use crate::{
     AccountRecord, ApiKeyRecord, AuditRecord, CardRecord, CardSetupResult, DisputeApplied, DisputeNews,
     HoldRecord, Idempotent, LedgerReport, MAX_BATCH_EVENTS, Page, PageRequest, PaymentProfile, RefundRecord,
     RefundRequest, Store, StoreError, StoreResult, TopupRecord, TopupReference, TransactionLine, UsageRecord,
+    DeliveryAttempt, DeliveryRecord, DueDelivery, EventFilter, EventRecord, NewWebhookEndpoint, WebhookEndpointRecord,
 };
 pub use writer::{MAX_JOBS_PER_COMMIT, WRITER_QUEUE_CAPACITY};
 
@@ -536,6 +538,61 @@ impl Store for SqliteStore {
     async fn portal_session(&self, session_hash: &str) -> StoreResult<Option<crate::PortalSessionRecord>> {
         let session_hash = session_hash.to_owned();
         self.read(move |connection, now, _| portal::portal_session(connection, &session_hash, now))
+            .await
+    }
+
+    async fn list_events(&self, filter: EventFilter, page: PageRequest) -> StoreResult<Page<EventRecord>> {
+        self.read(move |connection, _, _| events::list_events(connection, &filter, &page))
+            .await
+    }
+
+    async fn event(&self, id: &str) -> StoreResult<EventRecord> {
+        let id = id.to_owned();
+        self.read(move |connection, _, _| events::event(connection, &id)).await
+    }
+
+    async fn create_webhook_endpoint(&self, endpoint: NewWebhookEndpoint) -> StoreResult<WebhookEndpointRecord> {
+        self.writer
+            .write(move |context| events::create_endpoint(context, &endpoint))
+            .await
+    }
+
+    async fn disable_webhook_endpoint(&self, id: &str, actor: Actor) -> StoreResult<WebhookEndpointRecord> {
+        let id = id.to_owned();
+        self.writer
+            .write(move |context| events::disable_endpoint(context, &id, &actor))
+            .await
+    }
+
+    async fn webhook_endpoints(&self) -> StoreResult<Vec<WebhookEndpointRecord>> {
+        self.read(|connection, _, _| events::list_endpoints(connection)).await
+    }
+
+    async fn claim_deliveries(&self, lease_ms: u64, limit: usize) -> StoreResult<Vec<DueDelivery>> {
+        self.writer
+            .write(move |context| {
+                let lease = time::Duration::milliseconds(i64::try_from(lease_ms).unwrap_or(i64::MAX));
+                events::claim_deliveries(context, context.now + lease, limit)
+            })
+            .await
+    }
+
+    async fn record_delivery_attempt(
+        &self,
+        endpoint: &str,
+        event_sequence: i64,
+        attempt: DeliveryAttempt,
+        policy: DeliveryPolicy,
+    ) -> StoreResult<DeliveryRecord> {
+        let endpoint = endpoint.to_owned();
+        self.writer
+            .write(move |context| events::record_attempt(context, &endpoint, event_sequence, &attempt, &policy))
+            .await
+    }
+
+    async fn deliveries(&self, endpoint: &str, page: PageRequest) -> StoreResult<Page<DeliveryRecord>> {
+        let endpoint = endpoint.to_owned();
+        self.read(move |connection, _, _| events::list_deliveries(connection, &endpoint, &page))
             .await
     }
 }

@@ -10,9 +10,11 @@ use tollgate_core::{
     Micros, NewAccount, Quantity, SpendState, UsageCommand,
 };
 
+use super::events;
 use super::rows::{self, StoredAccount};
 use super::writer::WriteContext;
 use crate::decide::{decide_usage, not_found, overflow, usage_record};
+use crate::events::{balance_events, tier_upgrade};
 use crate::{
     AccountRecord, AuditRecord, HoldRecord, Idempotent, StoreError, StoreResult, TransactionLine,
     UsageRecord, new_id,
@@ -161,6 +163,15 @@ pub(super) fn append(
             transfer.amount.get()
         ])?;
     }
+    events::insert_events(
+        context,
+        &balance_events(
+            &journal.account,
+            account.record.balances,
+            balances_after,
+            context.rules.balance_low_level,
+        ),
+    )?;
     account.record.balances = balances_after;
     account.journal_sequence = sequence;
     Ok(TransactionLine {
@@ -204,11 +215,16 @@ fn record_usage(
         },
     )?;
     let quote = &decision.quote;
+    let tier_before = account.record.spend.current_tier(&context.rules.price_book, context.rules.tier_basis);
     account
         .record
         .spend
         .record_charge(quote.amount, quote.savings)
         .map_err(overflow)?;
+    let tier_after = account.record.spend.current_tier(&context.rules.price_book, context.rules.tier_basis);
+    if let Some(upgraded) = tier_upgrade(context.rules, &account.record.id, tier_before, tier_after) {
+        events::insert_events(context, &[upgraded])?;
+    }
     context
         .connection
         .prepare_cached(
@@ -323,13 +339,35 @@ pub(super) fn audit(
     before: Option<String>,
     after: Option<String>,
 ) -> StoreResult<()> {
+    audit_entry(context, actor, action, Some(account), before, after)
+}
+
+/// An audit entry about no one account (webhook endpoints, …).
+pub(super) fn audit_global(
+    context: &WriteContext<'_>,
+    actor: &Actor,
+    action: &str,
+    before: Option<String>,
+    after: Option<String>,
+) -> StoreResult<()> {
+    audit_entry(context, actor, action, None, before, after)
+}
+
+fn audit_entry(
+    context: &WriteContext<'_>,
+    actor: &Actor,
+    action: &str,
+    account: Option<&AccountId>,
+    before: Option<String>,
+    after: Option<String>,
+) -> StoreResult<()> {
     rows::insert_audit(
         context.connection,
         &AuditRecord {
             id: new_id("aud"),
             actor: actor.to_string(),
             action: action.to_owned(),
-            account: Some(account.clone()),
+            account: account.cloned(),
             before,
             after,
             created_at: context.now,

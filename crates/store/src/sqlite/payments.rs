@@ -9,6 +9,8 @@ use tollgate_core::{
     TopupSource, TopupStatus, TransactionKind,
 };
 
+use super::events;
+use crate::events::{card_changed, card_event, topup_event};
 use super::ops::{self, JournalWrite};
 use super::recharge;
 use super::rows::{self, StoredAccount};
@@ -160,6 +162,9 @@ fn write_card(
         ])?;
     let (action, before, after) = card_change_audit(previous.as_ref(), card);
     ops::audit(context, actor, action, account, before, after)?;
+    if card_changed(previous.as_ref(), card) {
+        events::insert_events(context, &[card_event(account, card)])?;
+    }
     Ok(previous)
 }
 
@@ -528,6 +533,7 @@ pub fn settle_topup(
 ) -> StoreResult<TopupRecord> {
     let mut topup = load_topup(context.connection, topup_id)?;
     let linked = topup.payment_reference.clone();
+    let previous = topup.status;
     let settlement = settle(&mut topup, outcome, context.now)?;
     if let Some(payment) = &topup.payment_reference
         && linked.as_ref() != Some(payment)
@@ -577,7 +583,11 @@ pub fn settle_topup(
         ])?;
     // An auto top-up's outcome resolves its rule, in the same transaction.
     recharge::after_settle(context, &topup, outcome)?;
-    load_topup(context.connection, topup_id)
+    let settled = load_topup(context.connection, topup_id)?;
+    if let Some(event) = topup_event(previous, &settled) {
+        events::insert_events(context, &[event])?;
+    }
+    Ok(settled)
 }
 
 // ---------------------------------------------------------------------------

@@ -188,6 +188,7 @@ mod tests {
             price_book: Arc::new(default_price_book()),
             tier_basis: TierBasis::Cycle,
             clock: Arc::new(ManualClock::new(datetime!(2026-01-01 0:00 UTC))),
+            balance_low_level: tollgate_core::DEFAULT_BALANCE_LOW_LEVEL,
         });
         let writer = Writer::start(connection, rules).unwrap();
         // A slow job holds the writer so the next four queue up and share

@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod audit;
 pub mod auto_recharge;
 pub mod billing;
+pub mod events;
 pub mod holds;
 pub mod json;
 pub mod ledger;
@@ -45,6 +46,11 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(payments::topup_receipt))
         .routes(routes!(auto_recharge::put_auto_recharge))
         .routes(routes!(crate::page::portal::create_portal_session))
+        .routes(routes!(events::list_events))
+        .routes(routes!(events::get_event))
+        .routes(routes!(events::create_webhook_endpoint, events::list_webhook_endpoints))
+        .routes(routes!(events::delete_webhook_endpoint))
+        .routes(routes!(events::list_deliveries))
 }
 
 /// Routes open to anyone: health, metrics, the API description.

@@ -80,6 +80,7 @@ fn config_and_parts(options: &Options, start: time::OffsetDateTime) -> (WebConfi
         price_book: book.clone(),
         tier_basis: TierBasis::Cycle,
         clock: clock.clone(),
+        balance_low_level: tollgate_core::DEFAULT_BALANCE_LOW_LEVEL,
     });
     let mut config = WebConfig::new(book, clock.clone());
     config.operator_key = Some(OPERATOR_KEY.to_owned());
