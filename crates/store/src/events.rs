@@ -3,8 +3,8 @@
 //! an event exists exactly when its change committed.
 
 use tollgate_core::{
-    AccountId, Balances, DeliveryPolicy, EventSelection, EventType, Micros, TierId, TierIndex, Timestamp,
-    TopupSource, TopupStatus, balance_crossings,
+    AccountId, Balances, DeliveryPolicy, EventSelection, EventType, FailureClass, Micros, TierId, TierIndex,
+    Timestamp, TopupSource, TopupStatus, balance_crossings, classify_failure,
 };
 
 use crate::{CardRecord, DeliveryAttempt, DeliveryStatus, StoreError, StoreResult, StoreRules, TopupRecord};
@@ -87,10 +87,23 @@ pub(crate) fn topup_event(previous: TopupStatus, topup: &TopupRecord) -> Option<
         return None;
     }
     let automatic = topup.source == TopupSource::AutoRecharge;
+    // An off-session charge the bank wants authenticated ends (the worker cancels it)
+    // with an authentication code: for the customer that is "act", not "declined",
+    // and said once even when the charge waited in `requires_action` first.
+    let needs_customer = topup
+        .failure_code
+        .as_deref()
+        .is_some_and(|code| classify_failure(code) == FailureClass::ActionRequired);
     let kind = match (topup.status, automatic) {
         (TopupStatus::Succeeded, false) => EventType::TopupSucceeded,
         (TopupStatus::Succeeded, true) => EventType::AutoRechargeSucceeded,
         (TopupStatus::Failed, false) => EventType::TopupFailed,
+        (TopupStatus::Failed | TopupStatus::Canceled, true) if needs_customer => {
+            if previous == TopupStatus::RequiresAction {
+                return None;
+            }
+            EventType::AutoRechargeActionRequired
+        }
         (TopupStatus::Failed | TopupStatus::Canceled, true) => EventType::AutoRechargeFailed,
         (TopupStatus::RequiresAction, true) => EventType::AutoRechargeActionRequired,
         _ => return None,
@@ -268,6 +281,7 @@ mod tests {
             created_at: now,
             updated_at: now,
             succeeded_at: None,
+            recharge_sequence: None,
         };
         let kind = |previous, topup: &TopupRecord| topup_event(previous, topup).map(|event| event.kind);
         assert_eq!(
@@ -290,6 +304,14 @@ mod tests {
             kind(TopupStatus::RequiresAction, &topup),
             Some(EventType::AutoRechargeFailed)
         );
+        // Authentication asked for: "act", once.
+        topup.failure_code = Some("authentication_required".to_owned());
+        assert_eq!(
+            kind(TopupStatus::Pending, &topup),
+            Some(EventType::AutoRechargeActionRequired)
+        );
+        assert_eq!(kind(TopupStatus::RequiresAction, &topup), None);
+        topup.failure_code = None;
         topup.source = TopupSource::HostedPage;
         assert_eq!(kind(TopupStatus::RequiresPaymentMethod, &topup), None);
         topup.status = TopupStatus::Failed;

@@ -194,6 +194,22 @@ async fn sixty_four_concurrent_debits_across_the_threshold_recharge_exactly_once
         server.account("busy").await["auto_recharge"]["recharged_this_cycle"],
         amount
     );
+    // One event for the one recharge, carrying its amount.
+    assert_eq!(
+        server.event_types("busy", "auto_recharge.").await,
+        ["auto_recharge.succeeded"]
+    );
+    let succeeded = server
+        .events_of("busy")
+        .await
+        .into_iter()
+        .find(|event| event["type"] == "auto_recharge.succeeded")
+        .unwrap();
+    assert_eq!(succeeded["data"]["amount"], amount);
+    assert_eq!(
+        succeeded["data"]["topup_id"], lines[0]["reference"],
+        "{succeeded} {lines:?}"
+    );
     server.assert_ledger_clean().await;
 }
 
@@ -240,6 +256,15 @@ async fn a_declined_card_stops_the_rule_until_the_card_changes() {
         .await;
     assert_eq!(account["auto_recharge"]["status"], "active", "{account}");
     assert_eq!(recharge_lines(&server, "acme").await.len(), 1);
+    assert_eq!(
+        server.event_types("acme", "auto_recharge.").await,
+        ["auto_recharge.failed", "auto_recharge.succeeded"]
+    );
+    // The card changed twice: added, then replaced.
+    assert_eq!(
+        server.event_types("acme", "payment_method.").await,
+        ["payment_method.updated", "payment_method.updated"]
+    );
     server.assert_ledger_clean().await;
 }
 
@@ -310,6 +335,13 @@ async fn a_card_that_needs_authentication_asks_for_action() {
         "{account}"
     );
     assert_eq!(account["balance"], "49.50");
+    let events = server.events_of("acme").await;
+    let asked: Vec<&Value> = events
+        .iter()
+        .filter(|event| event["type"] == "auto_recharge.action_required")
+        .collect();
+    assert_eq!(asked.len(), 1, "{events:?}");
+    assert_eq!(asked[0]["data"]["failure_code"], "authentication_required");
     server.assert_ledger_clean().await;
 }
 

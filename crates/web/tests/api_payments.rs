@@ -285,6 +285,12 @@ async fn duplicated_and_reordered_webhooks_credit_once() {
     assert_eq!(balance(&server, "acme").await, "30.00");
     assert_eq!(lines_of(&server, "acme", "topup").await.len(), 1);
     assert_eq!(server.account("acme").await["payment_method"]["last4"], "4242");
+    // Duplicates and reordering record one event per change.
+    assert_eq!(server.event_types("acme", "topup.").await, ["topup.succeeded"]);
+    assert_eq!(
+        server.event_types("acme", "payment_method.").await,
+        ["payment_method.updated"]
+    );
     server.assert_ledger_clean().await;
 }
 
@@ -404,6 +410,13 @@ async fn cards_that_fail_leave_the_balance_alone_with_the_reason() {
         assert_eq!(topup["failure_code"], code, "{account}: {topup}");
         assert_eq!(balance(&server, account).await, "0.00");
         assert!(lines_of(&server, account, "topup").await.is_empty());
+        // A decline is an event; a charge waiting for the customer is not an outcome yet.
+        let expected: &[&str] = if topup["status"] == "failed" {
+            &["topup.failed"]
+        } else {
+            &[]
+        };
+        assert_eq!(server.event_types(account, "topup.").await, expected, "{account}");
     }
     // The 3-D Secure card that was authenticated when saved pays off-session later.
     server.create_account("once-3ds").await;

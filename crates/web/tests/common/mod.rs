@@ -246,6 +246,26 @@ impl TestServer {
         json!({"account": self.account(id).await, "transactions": transactions, "billing": billing})
     }
 
+    /// The account's events, oldest first (at most 100).
+    pub async fn events_of(&self, id: &str) -> Vec<Value> {
+        let (status, body) = self.get(&format!("/v1/events?account_id={id}&limit=100")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let mut events = body["data"].as_array().unwrap().clone();
+        events.reverse();
+        events
+    }
+
+    /// The types of the account's events of one family (`topup.`, `auto_recharge.`), oldest first.
+    pub async fn event_types(&self, id: &str, prefix: &str) -> Vec<String> {
+        self.events_of(id)
+            .await
+            .iter()
+            .filter_map(|event| event["type"].as_str())
+            .filter(|kind| kind.starts_with(prefix))
+            .map(str::to_owned)
+            .collect()
+    }
+
     pub async fn assert_ledger_clean(&self) {
         let report = self.store.verify_ledger().await.unwrap();
         assert!(report.is_clean(), "ledger problems: {:?}", report.problems);
