@@ -16,6 +16,7 @@ pub mod ids;
 pub mod ledger;
 pub mod money;
 pub mod payments;
+pub mod plan;
 pub mod pricing;
 pub mod recharge;
 
@@ -34,6 +35,7 @@ pub use payments::{
     DisputeStatus, InvalidRefund, InvalidTopupAmount, NewTopup, TopupAmount, TopupLimits, TopupOutcome,
     TopupSource, TopupStatus,
 };
+pub use plan::{InvalidPlan, PlanCommand, PlanRequest};
 pub use pricing::{
     AccountPlan, ActionSpec, ChargeQuote, DiscountPercent, PriceBook, PriceBookError, PriceSource,
     PricingError, TierBasis, TierIndex, TierSpec, UnitPrice,

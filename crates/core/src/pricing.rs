@@ -591,6 +591,46 @@ mod tests {
         assert_eq!(book.effective_discount(growth, &plan).get(), 10);
     }
 
+    proptest::proptest! {
+        /// For any tier, personal discount and custom price: a custom price wins outright;
+        /// otherwise the account never pays more than its tier's price or the list price
+        /// less its personal discount, and a larger personal discount never costs more.
+        #[test]
+        fn plan_precedence_holds_for_every_plan(
+            tier in 0_usize..6,
+            personal in proptest::option::of(0_u8..=100),
+            more in 0_u8..=100,
+            custom in proptest::option::of(0_i64..100_000),
+            action in 0_usize..5,
+        ) {
+            let book = default_price_book();
+            let action = book.actions()[action].id.clone();
+            let tier = TierIndex(tier);
+            let mut plan = AccountPlan {
+                personal_discount: personal.and_then(DiscountPercent::new),
+                custom_prices: BTreeMap::new(),
+            };
+            let list = book.action(&action).unwrap().list_price;
+            let priced = book.unit_price(&action, tier, &plan).unwrap();
+            let tier_price = book.tier_price(&action, tier).unwrap();
+            proptest::prop_assert!(priced.paid <= tier_price && priced.paid <= list);
+            proptest::prop_assert!(!priced.paid.is_negative());
+            if let Some(discount) = plan.personal_discount {
+                proptest::prop_assert_eq!(priced.paid, tier_price.min(discount.apply(list)));
+                let deeper = DiscountPercent::new(discount.get().saturating_add(more).min(100)).unwrap();
+                let deeper_plan = AccountPlan { personal_discount: Some(deeper), ..plan.clone() };
+                proptest::prop_assert!(book.unit_price(&action, tier, &deeper_plan).unwrap().paid <= priced.paid);
+            } else {
+                proptest::prop_assert_eq!((priced.paid, priced.source), (tier_price, PriceSource::Tier));
+            }
+            if let Some(custom) = custom {
+                plan.custom_prices.insert(action.clone(), Micros::new(custom));
+                let priced = book.unit_price(&action, tier, &plan).unwrap();
+                proptest::prop_assert_eq!((priced.paid, priced.source), (Micros::new(custom), PriceSource::Custom));
+            }
+        }
+    }
+
     #[test]
     fn invalid_books_are_refused_with_a_reason() {
         let good = default_price_book();

@@ -12,6 +12,7 @@ mod decide;
 mod events;
 mod invariants;
 mod payments;
+mod plan;
 mod portal;
 pub mod postgres;
 mod recharge;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tollgate_core::{
-    AccountId, Actor, Clock, DeliveryPolicy, GrantCommand, HoldCommand, HoldStatus, InsufficientFunds, InvalidRefund, Micros,
+    AccountId, Actor, Clock, DeliveryPolicy, GrantCommand, PlanCommand, HoldCommand, HoldStatus, InsufficientFunds, InvalidRefund, Micros,
     NewAccount, NewTopup, PriceBook, Quantity, TierBasis, Timestamp, TopupLimits, TopupOutcome, UsageCommand,
 };
 
@@ -34,7 +35,7 @@ pub use records::{
     CardRecord, CardSetupResult, DisputeApplied, DisputeNews, HoldRecord, Idempotent, LedgerReport,
     MAX_PAGE_SIZE, Page, PageRequest, PaymentProfile, RefundRecord, RefundRequest, RefundState, TopupRecord,
     TransactionLine, UsageRecord, DeliveryAttempt, DeliveryRecord, DeliveryStatus, DueDelivery, EventFilter,
-    EventRecord, NewWebhookEndpoint, WebhookEndpointRecord,
+    EventRecord, NewWebhookEndpoint, PlanRecord, WebhookEndpointRecord,
 };
 pub use events::MAX_DELIVERY_BATCH;
 
@@ -315,6 +316,12 @@ pub trait Store: Send + Sync + 'static {
         attempt: DeliveryAttempt,
         policy: DeliveryPolicy,
     ) -> StoreResult<DeliveryRecord>;
+    /// The account's plan (what Sales agreed, or the defaults).
+    async fn plan(&self, account: &AccountId) -> StoreResult<PlanRecord>;
+    /// Replaces the account's plan under its lock, audited with the command's actor.
+    /// Refused ([`StoreError::Conflict`]) when the new limit does not cover what the
+    /// account owes.
+    async fn set_plan(&self, command: PlanCommand) -> StoreResult<PlanRecord>;
     /// An endpoint's delivery log, newest event first.
     async fn deliveries(&self, endpoint: &str, page: PageRequest) -> StoreResult<Page<DeliveryRecord>>;
 }

@@ -595,3 +595,16 @@ pub struct DeliveryAttempt {
     /// Why it failed (timeout, refused connection, non-2xx), `None` when delivered.
     pub error: Option<String>,
 }
+
+/// An account's plan: what Sales agreed, or the defaults (prepaid, list and tier prices).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanRecord {
+    /// Whose plan.
+    pub account: AccountId,
+    /// Prepaid, or invoiced with a credit limit.
+    pub mode: BillingMode,
+    /// Personal discount and custom prices.
+    pub plan: AccountPlan,
+    /// Days an invoice may stay unpaid (invoice accounts).
+    pub net_terms_days: Option<u16>,
+}

@@ -15,6 +15,7 @@
 mod events;
 mod ops;
 mod payments;
+mod plan;
 mod portal;
 mod recharge;
 mod rows;
@@ -770,6 +771,15 @@ impl Store for PgStore {
             policy
         )
         .await)
+    }
+
+    async fn plan(&self, account: &AccountId) -> StoreResult<crate::PlanRecord> {
+        read!(self, |tx, context| plan::plan(&tx, account, context.now).await)
+    }
+
+    async fn set_plan(&self, command: tollgate_core::PlanCommand) -> StoreResult<crate::PlanRecord> {
+        let command = &command;
+        transaction!(self, |tx, context| plan::set_plan(&tx, &context, command).await)
     }
 
     async fn deliveries(&self, endpoint: &str, page: PageRequest) -> StoreResult<Page<DeliveryRecord>> {

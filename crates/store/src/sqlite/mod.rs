@@ -4,6 +4,7 @@
 mod events;
 mod ops;
 mod payments;
+mod plan;
 mod portal;
 mod recharge;
 mod rows;
@@ -588,6 +589,16 @@ impl Store for SqliteStore {
         self.writer
             .write(move |context| events::record_attempt(context, &endpoint, event_sequence, &attempt, &policy))
             .await
+    }
+
+    async fn plan(&self, account: &AccountId) -> StoreResult<crate::PlanRecord> {
+        let account = account.clone();
+        self.read(move |connection, now, _| plan::plan(connection, &account, now))
+            .await
+    }
+
+    async fn set_plan(&self, command: tollgate_core::PlanCommand) -> StoreResult<crate::PlanRecord> {
+        self.writer.write(move |context| plan::set_plan(context, &command)).await
     }
 
     async fn deliveries(&self, endpoint: &str, page: PageRequest) -> StoreResult<Page<DeliveryRecord>> {

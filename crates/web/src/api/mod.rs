@@ -11,6 +11,7 @@ pub mod json;
 pub mod ledger;
 pub mod ops;
 pub mod payments;
+pub mod plan;
 pub mod usage;
 
 use axum::Router;
@@ -46,6 +47,7 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(payments::topup_receipt))
         .routes(routes!(auto_recharge::put_auto_recharge))
         .routes(routes!(crate::page::portal::create_portal_session))
+        .routes(routes!(plan::put_plan, plan::get_plan))
         .routes(routes!(events::list_events))
         .routes(routes!(events::get_event))
         .routes(routes!(events::create_webhook_endpoint, events::list_webhook_endpoints))
