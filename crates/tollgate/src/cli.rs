@@ -208,6 +208,91 @@ pub async fn grant(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The flags of `tollgate plan set`.
+#[derive(Debug, Default)]
+pub struct PlanArgs {
+    /// Invoice billing with this credit limit; none: prepaid.
+    pub invoice_credit_limit: Option<String>,
+    /// Net terms (invoice only).
+    pub net_terms_days: Option<u16>,
+    /// Personal discount.
+    pub discount_percent: Option<u8>,
+    /// `action=price` pairs.
+    pub prices: Vec<String>,
+}
+
+fn print_plan(plan: &tollgate_store::PlanRecord) {
+    println!(
+        "{}: {}",
+        plan.account,
+        tollgate_core::PlanCommand::describe(plan.mode, &plan.plan, plan.net_terms_days)
+    );
+}
+
+/// `tollgate plan show`.
+pub async fn show_plan(database_url: &str, config: Config, account: &str) -> anyhow::Result<ExitCode> {
+    let store = open_store(database_url, &config)?;
+    print_plan(&store.plan(&AccountId::parse(account)?).await?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tollgate plan set`: the whole plan, validated like the API's.
+pub async fn set_plan(
+    database_url: &str,
+    config: Config,
+    account: &str,
+    args: PlanArgs,
+) -> anyhow::Result<ExitCode> {
+    let money = |field: &str, text: &str| {
+        Micros::parse(text).with_context(|| format!("{field}: `{text}` is not an amount of money"))
+    };
+    let mut prices = std::collections::BTreeMap::new();
+    for pair in &args.prices {
+        let Some((action, price)) = pair.split_once('=') else {
+            bail!("--price takes action=price, not `{pair}`");
+        };
+        prices.insert(action.to_owned(), money(&format!("--price {action}"), price)?);
+    }
+    let request = tollgate_core::PlanRequest {
+        invoice: args.invoice_credit_limit.is_some(),
+        credit_limit: args
+            .invoice_credit_limit
+            .as_deref()
+            .map(|text| money("--invoice-credit-limit", text))
+            .transpose()?,
+        discount_percent: args.discount_percent,
+        prices,
+        net_terms_days: args.net_terms_days,
+    };
+    let command = tollgate_core::PlanCommand::new(
+        AccountId::parse(account)?,
+        request,
+        &config.price_book,
+        cli_actor(),
+    )?;
+    let store = open_store(database_url, &config)?;
+    print_plan(&store.set_plan(command).await?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tollgate audit`: the newest entries of the audit log.
+pub async fn audit(database_url: &str, config: Config, limit: u32) -> anyhow::Result<ExitCode> {
+    let store = open_store(database_url, &config)?;
+    let page = store.audit_log(PageRequest::new(limit, None)).await?;
+    for entry in &page.data {
+        println!(
+            "{}  {}  {}  {}  before: {}  after: {}",
+            entry.created_at,
+            entry.actor,
+            entry.action,
+            entry.account.as_ref().map_or("-".to_owned(), ToString::to_string),
+            entry.before.as_deref().unwrap_or("-"),
+            entry.after.as_deref().unwrap_or("-"),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `tollgate stripe-sandbox`: the sandbox alone until Ctrl-C.
 pub async fn stripe_sandbox(
     addr: std::net::SocketAddr,

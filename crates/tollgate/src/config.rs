@@ -12,8 +12,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 use tollgate_core::{
-    ActionId, ActionSpec, DeliveryPolicy, DiscountPercent, HoldTtl, Micros, PriceBook, TierBasis, TierId, TierSpec,
-    TopupLimits,
+    ActionId, ActionSpec, DeliveryPolicy, DiscountPercent, HoldTtl, Micros, PriceBook, TierBasis, TierId,
+    TierSpec, TopupLimits,
 };
 
 /// The configuration shipped with Tollgate (also the built-in default).

@@ -64,6 +64,17 @@ enum Command {
         #[arg(long)]
         idempotency_key: Option<String>,
     },
+    /// What Sales agreed with an account: billing mode, credit limit, discount, prices.
+    Plan {
+        #[command(subcommand)]
+        command: PlanCommandLine,
+    },
+    /// The audit log of operator changes, newest first.
+    Audit {
+        /// How many entries (1–100).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
     /// Run the built-in Stripe sandbox alone (for Stripe's own client libraries).
     StripeSandbox {
         /// Address to listen on.
@@ -102,6 +113,32 @@ pub struct ServeArgs {
     /// Where the built-in sandbox listens when there is no Stripe key (port 0: any free port).
     #[arg(long, env = "TOLLGATE_STRIPE_SANDBOX_ADDR", default_value = "127.0.0.1:0")]
     pub stripe_sandbox_addr: SocketAddr,
+}
+
+#[derive(Debug, Subcommand)]
+enum PlanCommandLine {
+    /// Print the account's plan.
+    Show {
+        /// The account id.
+        account: String,
+    },
+    /// Replace the account's plan (audited as the CLI user).
+    Set {
+        /// The account id.
+        account: String,
+        /// Invoice billing with this credit limit (USD); without it: prepaid.
+        #[arg(long)]
+        invoice_credit_limit: Option<String>,
+        /// Net terms of an invoice account, in days (default 30).
+        #[arg(long)]
+        net_terms_days: Option<u16>,
+        /// Personal discount, whole percent.
+        #[arg(long)]
+        discount_percent: Option<u8>,
+        /// A custom unit price, `action=price` (repeatable), e.g. `email_finder=0.010`.
+        #[arg(long = "price")]
+        prices: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,6 +209,25 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             AccountsCommand::List { limit } => cli::list_accounts(&database_url, config, limit).await,
             AccountsCommand::Show { id } => cli::show_account(&database_url, config, &id).await,
         },
+        Some(Command::Plan { command }) => match command {
+            PlanCommandLine::Show { account } => cli::show_plan(&database_url, config, &account).await,
+            PlanCommandLine::Set {
+                account,
+                invoice_credit_limit,
+                net_terms_days,
+                discount_percent,
+                prices,
+            } => {
+                let plan = cli::PlanArgs {
+                    invoice_credit_limit,
+                    net_terms_days,
+                    discount_percent,
+                    prices,
+                };
+                cli::set_plan(&database_url, config, &account, plan).await
+            }
+        },
+        Some(Command::Audit { limit }) => cli::audit(&database_url, config, limit).await,
         Some(Command::StripeSandbox {
             addr,
             webhook_url,
