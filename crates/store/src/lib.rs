@@ -24,20 +24,21 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tollgate_core::{
-    AccountId, Actor, Clock, DeliveryPolicy, GrantCommand, PlanCommand, HoldCommand, HoldStatus, InsufficientFunds, InvalidRefund, Micros,
-    NewAccount, NewTopup, PriceBook, Quantity, TierBasis, Timestamp, TopupLimits, TopupOutcome, UsageCommand,
+    AccountId, Actor, Clock, DeliveryPolicy, GrantCommand, HoldCommand, HoldStatus, InsufficientFunds,
+    InvalidRefund, Micros, NewAccount, NewTopup, PlanCommand, PriceBook, Quantity, TierBasis, Timestamp,
+    TopupLimits, TopupOutcome, UsageCommand,
 };
 
+pub use events::MAX_DELIVERY_BATCH;
 pub use portal::{NewPortalSession, PORTAL_CLEANUP_BATCH, PortalSessionRecord};
 pub use recharge::MAX_AUTO_RECHARGE_BATCH;
 pub use records::{
     AccountRecord, ApiKeyRecord, AuditRecord, AutoRechargeChange, AutoRechargeRecord, AutoRechargeStart,
-    CardRecord, CardSetupResult, DisputeApplied, DisputeNews, HoldRecord, Idempotent, LedgerReport,
-    MAX_PAGE_SIZE, Page, PageRequest, PaymentProfile, RefundRecord, RefundRequest, RefundState, TopupRecord,
-    TransactionLine, UsageRecord, DeliveryAttempt, DeliveryRecord, DeliveryStatus, DueDelivery, EventFilter,
-    EventRecord, NewWebhookEndpoint, PlanRecord, WebhookEndpointRecord,
+    CardRecord, CardSetupResult, DeliveryAttempt, DeliveryRecord, DeliveryStatus, DisputeApplied,
+    DisputeNews, DueDelivery, EventFilter, EventRecord, HoldRecord, Idempotent, LedgerReport, MAX_PAGE_SIZE,
+    NewWebhookEndpoint, Page, PageRequest, PaymentProfile, PlanRecord, RefundRecord, RefundRequest,
+    RefundState, TopupRecord, TransactionLine, UsageRecord, WebhookEndpointRecord,
 };
-pub use events::MAX_DELIVERY_BATCH;
 
 /// Largest number of open top-ups one recovery pass looks at.
 pub const MAX_RECOVERY_BATCH: usize = 100;
@@ -298,7 +299,10 @@ pub trait Store: Send + Sync + 'static {
     async fn event(&self, id: &str) -> StoreResult<EventRecord>;
     /// Registers an operator webhook endpoint (audited); it receives the events recorded
     /// from then on.
-    async fn create_webhook_endpoint(&self, endpoint: NewWebhookEndpoint) -> StoreResult<WebhookEndpointRecord>;
+    async fn create_webhook_endpoint(
+        &self,
+        endpoint: NewWebhookEndpoint,
+    ) -> StoreResult<WebhookEndpointRecord>;
     /// Switches an endpoint off (audited); its pending deliveries stop.
     async fn disable_webhook_endpoint(&self, id: &str, actor: Actor) -> StoreResult<WebhookEndpointRecord>;
     /// Every registered endpoint, oldest first.

@@ -2,8 +2,8 @@
 
 use tollgate_core::{
     AccountId, AccountPlan, ActionId, Actor, AutoRechargeSettings, Balances, BillingMode, CycleAnchor,
-    DisputeStatus, EventSelection, EventType, HoldStatus, IdempotencyKey, Micros, PriceSource, Quantity, RechargeBlocked, RechargeRule,
-    SpendState, TierId, Timestamp, TopupSource, TopupStatus, TransactionKind,
+    DisputeStatus, EventSelection, EventType, HoldStatus, IdempotencyKey, Micros, PriceSource, Quantity,
+    RechargeBlocked, RechargeRule, SpendState, TierId, Timestamp, TopupSource, TopupStatus, TransactionKind,
 };
 
 /// Largest page a list may return.
@@ -543,9 +543,13 @@ impl DeliveryStatus {
 
     /// The status a stored name names.
     pub fn parse(code: &str) -> Option<DeliveryStatus> {
-        [DeliveryStatus::Pending, DeliveryStatus::Delivered, DeliveryStatus::Failed]
-            .into_iter()
-            .find(|status| status.code() == code)
+        [
+            DeliveryStatus::Pending,
+            DeliveryStatus::Delivered,
+            DeliveryStatus::Failed,
+        ]
+        .into_iter()
+        .find(|status| status.code() == code)
     }
 }
 

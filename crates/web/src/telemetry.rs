@@ -60,7 +60,10 @@ fn describe() {
     metrics::describe_counter!(USAGE_REFUSALS, "Usage events refused, by error code");
     metrics::describe_counter!(USAGE_REPLAYS, "Usage events answered as idempotent replays");
     metrics::describe_counter!(HOLDS_EXPIRED, "Holds released because their time ran out");
-    metrics::describe_counter!(EVENT_DELIVERIES, "Event delivery attempts to operator endpoints, by outcome");
+    metrics::describe_counter!(
+        EVENT_DELIVERIES,
+        "Event delivery attempts to operator endpoints, by outcome"
+    );
 }
 
 /// The Prometheus text exposition of every metric.

@@ -28,15 +28,15 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{IsolationLevel, NoTls};
 use tollgate_core::{
-    AccountId, Actor, DeliveryPolicy, GrantCommand, HoldCommand, InsufficientFunds, Micros, NewAccount, NewTopup, Quantity,
-    Timestamp, TopupOutcome, UsageCommand,
+    AccountId, Actor, DeliveryPolicy, GrantCommand, HoldCommand, InsufficientFunds, Micros, NewAccount,
+    NewTopup, Quantity, Timestamp, TopupOutcome, UsageCommand,
 };
 
 use crate::{
-    AccountRecord, ApiKeyRecord, AuditRecord, CardRecord, CardSetupResult, DisputeApplied, DisputeNews,
-    HoldRecord, Idempotent, LedgerReport, MAX_BATCH_EVENTS, Page, PageRequest, PaymentProfile, RefundRecord,
-    RefundRequest, Store, StoreError, StoreResult, StoreRules, TopupRecord, TopupReference, TransactionLine,
-    UsageRecord, DeliveryAttempt, DeliveryRecord, DueDelivery, EventFilter, EventRecord, NewWebhookEndpoint,
+    AccountRecord, ApiKeyRecord, AuditRecord, CardRecord, CardSetupResult, DeliveryAttempt, DeliveryRecord,
+    DisputeApplied, DisputeNews, DueDelivery, EventFilter, EventRecord, HoldRecord, Idempotent, LedgerReport,
+    MAX_BATCH_EVENTS, NewWebhookEndpoint, Page, PageRequest, PaymentProfile, RefundRecord, RefundRequest,
+    Store, StoreError, StoreResult, StoreRules, TopupRecord, TopupReference, TransactionLine, UsageRecord,
     WebhookEndpointRecord,
 };
 
@@ -722,21 +722,31 @@ impl Store for PgStore {
     }
 
     async fn list_events(&self, filter: EventFilter, page: PageRequest) -> StoreResult<Page<EventRecord>> {
-        read!(self, |tx, _context| events::list_events(&tx, &filter, &page).await)
+        read!(self, |tx, _context| events::list_events(&tx, &filter, &page)
+            .await)
     }
 
     async fn event(&self, id: &str) -> StoreResult<EventRecord> {
         read!(self, |tx, _context| events::event(&tx, id).await)
     }
 
-    async fn create_webhook_endpoint(&self, endpoint: NewWebhookEndpoint) -> StoreResult<WebhookEndpointRecord> {
+    async fn create_webhook_endpoint(
+        &self,
+        endpoint: NewWebhookEndpoint,
+    ) -> StoreResult<WebhookEndpointRecord> {
         let endpoint = &endpoint;
-        transaction!(self, |tx, context| events::create_endpoint(&tx, &context, endpoint).await)
+        transaction!(self, |tx, context| events::create_endpoint(
+            &tx, &context, endpoint
+        )
+        .await)
     }
 
     async fn disable_webhook_endpoint(&self, id: &str, actor: Actor) -> StoreResult<WebhookEndpointRecord> {
         let actor = &actor;
-        transaction!(self, |tx, context| events::disable_endpoint(&tx, &context, id, actor).await)
+        transaction!(self, |tx, context| events::disable_endpoint(
+            &tx, &context, id, actor
+        )
+        .await)
     }
 
     async fn webhook_endpoints(&self) -> StoreResult<Vec<WebhookEndpointRecord>> {
@@ -783,6 +793,7 @@ impl Store for PgStore {
     }
 
     async fn deliveries(&self, endpoint: &str, page: PageRequest) -> StoreResult<Page<DeliveryRecord>> {
-        read!(self, |tx, _context| events::list_deliveries(&tx, endpoint, &page).await)
+        read!(self, |tx, _context| events::list_deliveries(&tx, endpoint, &page)
+            .await)
     }
 }

@@ -18,16 +18,17 @@ use async_trait::async_trait;
 use rusqlite::Connection;
 use tokio::sync::Semaphore;
 use tollgate_core::{
-    AccountId, Actor, DeliveryPolicy, GrantCommand, HoldCommand, Micros, NewAccount, NewTopup, Quantity, Timestamp,
-    TopupOutcome, UsageCommand,
+    AccountId, Actor, DeliveryPolicy, GrantCommand, HoldCommand, Micros, NewAccount, NewTopup, Quantity,
+    Timestamp, TopupOutcome, UsageCommand,
 };
 
 pub use crate::StoreRules;
 use crate::{
-    AccountRecord, ApiKeyRecord, AuditRecord, CardRecord, CardSetupResult, DisputeApplied, DisputeNews,
-    HoldRecord, Idempotent, LedgerReport, MAX_BATCH_EVENTS, Page, PageRequest, PaymentProfile, RefundRecord,
-    RefundRequest, Store, StoreError, StoreResult, TopupRecord, TopupReference, TransactionLine, UsageRecord,
-    DeliveryAttempt, DeliveryRecord, DueDelivery, EventFilter, EventRecord, NewWebhookEndpoint, WebhookEndpointRecord,
+    AccountRecord, ApiKeyRecord, AuditRecord, CardRecord, CardSetupResult, DeliveryAttempt, DeliveryRecord,
+    DisputeApplied, DisputeNews, DueDelivery, EventFilter, EventRecord, HoldRecord, Idempotent, LedgerReport,
+    MAX_BATCH_EVENTS, NewWebhookEndpoint, Page, PageRequest, PaymentProfile, RefundRecord, RefundRequest,
+    Store, StoreError, StoreResult, TopupRecord, TopupReference, TransactionLine, UsageRecord,
+    WebhookEndpointRecord,
 };
 pub use writer::{MAX_JOBS_PER_COMMIT, WRITER_QUEUE_CAPACITY};
 
@@ -549,10 +550,14 @@ impl Store for SqliteStore {
 
     async fn event(&self, id: &str) -> StoreResult<EventRecord> {
         let id = id.to_owned();
-        self.read(move |connection, _, _| events::event(connection, &id)).await
+        self.read(move |connection, _, _| events::event(connection, &id))
+            .await
     }
 
-    async fn create_webhook_endpoint(&self, endpoint: NewWebhookEndpoint) -> StoreResult<WebhookEndpointRecord> {
+    async fn create_webhook_endpoint(
+        &self,
+        endpoint: NewWebhookEndpoint,
+    ) -> StoreResult<WebhookEndpointRecord> {
         self.writer
             .write(move |context| events::create_endpoint(context, &endpoint))
             .await
@@ -566,7 +571,8 @@ impl Store for SqliteStore {
     }
 
     async fn webhook_endpoints(&self) -> StoreResult<Vec<WebhookEndpointRecord>> {
-        self.read(|connection, _, _| events::list_endpoints(connection)).await
+        self.read(|connection, _, _| events::list_endpoints(connection))
+            .await
     }
 
     async fn claim_deliveries(&self, lease_ms: u64, limit: usize) -> StoreResult<Vec<DueDelivery>> {
@@ -587,7 +593,9 @@ impl Store for SqliteStore {
     ) -> StoreResult<DeliveryRecord> {
         let endpoint = endpoint.to_owned();
         self.writer
-            .write(move |context| events::record_attempt(context, &endpoint, event_sequence, &attempt, &policy))
+            .write(move |context| {
+                events::record_attempt(context, &endpoint, event_sequence, &attempt, &policy)
+            })
             .await
     }
 
@@ -598,7 +606,9 @@ impl Store for SqliteStore {
     }
 
     async fn set_plan(&self, command: tollgate_core::PlanCommand) -> StoreResult<crate::PlanRecord> {
-        self.writer.write(move |context| plan::set_plan(context, &command)).await
+        self.writer
+            .write(move |context| plan::set_plan(context, &command))
+            .await
     }
 
     async fn deliveries(&self, endpoint: &str, page: PageRequest) -> StoreResult<Page<DeliveryRecord>> {

@@ -215,13 +215,19 @@ fn record_usage(
         },
     )?;
     let quote = &decision.quote;
-    let tier_before = account.record.spend.current_tier(&context.rules.price_book, context.rules.tier_basis);
+    let tier_before = account
+        .record
+        .spend
+        .current_tier(&context.rules.price_book, context.rules.tier_basis);
     account
         .record
         .spend
         .record_charge(quote.amount, quote.savings)
         .map_err(overflow)?;
-    let tier_after = account.record.spend.current_tier(&context.rules.price_book, context.rules.tier_basis);
+    let tier_after = account
+        .record
+        .spend
+        .current_tier(&context.rules.price_book, context.rules.tier_basis);
     if let Some(upgraded) = tier_upgrade(context.rules, &account.record.id, tier_before, tier_after) {
         events::insert_events(context, &[upgraded])?;
     }

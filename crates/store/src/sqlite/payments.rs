@@ -10,12 +10,12 @@ use tollgate_core::{
 };
 
 use super::events;
-use crate::events::{card_changed, card_event, topup_event};
 use super::ops::{self, JournalWrite};
 use super::recharge;
 use super::rows::{self, StoredAccount};
 use super::writer::WriteContext;
 use crate::decide::not_found;
+use crate::events::{card_changed, card_event, topup_event};
 use crate::payments::{
     DASHBOARD_REFUND_REASON, RecordedDispute, Settlement, attention_after, card_change_audit, check_link,
     check_replay, check_setup_owner, credit_description, customer_taken, decide_dispute, initial_status,

@@ -50,7 +50,10 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(plan::put_plan, plan::get_plan))
         .routes(routes!(events::list_events))
         .routes(routes!(events::get_event))
-        .routes(routes!(events::create_webhook_endpoint, events::list_webhook_endpoints))
+        .routes(routes!(
+            events::create_webhook_endpoint,
+            events::list_webhook_endpoints
+        ))
         .routes(routes!(events::delete_webhook_endpoint))
         .routes(routes!(events::list_deliveries))
 }
