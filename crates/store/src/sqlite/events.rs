@@ -95,20 +95,25 @@ pub(super) fn insert_events(context: &WriteContext<'_>, events: &[PendingEvent])
     Ok(())
 }
 
+/// The outbox position a page starts before: that of the cursor's event, or the end.
+fn cursor_sequence(connection: &Connection, page: &PageRequest) -> StoreResult<i64> {
+    match &page.starting_after {
+        None => Ok(i64::MAX),
+        Some(cursor) => connection
+            .prepare_cached("SELECT sequence FROM events WHERE id = ?1")?
+            .query_row(params![cursor], |row| row.get(0))
+            .optional()?
+            .ok_or_else(|| StoreError::InvalidCursor(cursor.clone())),
+    }
+}
+
 /// Events newest first, filtered, after the cursor (an event id).
 pub fn list_events(
     connection: &Connection,
     filter: &EventFilter,
     page: &PageRequest,
 ) -> StoreResult<Page<EventRecord>> {
-    let before = match &page.starting_after {
-        None => i64::MAX,
-        Some(cursor) => connection
-            .prepare_cached("SELECT sequence FROM events WHERE id = ?1")?
-            .query_row(params![cursor], |row| row.get(0))
-            .optional()?
-            .ok_or_else(|| StoreError::InvalidCursor(cursor.clone()))?,
-    };
+    let before = cursor_sequence(connection, page)?;
     let mut statement = connection.prepare_cached(&format!(
         "SELECT {EVENT_COLUMNS} FROM events e WHERE e.sequence < ?1 \
          AND (?2 IS NULL OR e.account_id = ?2) AND (?3 IS NULL OR e.type = ?3) \
@@ -428,14 +433,7 @@ pub fn list_deliveries(
     page: &PageRequest,
 ) -> StoreResult<Page<DeliveryRecord>> {
     webhook_endpoint(connection, endpoint)?;
-    let before = match &page.starting_after {
-        None => i64::MAX,
-        Some(cursor) => connection
-            .prepare_cached("SELECT sequence FROM events WHERE id = ?1")?
-            .query_row(params![cursor], |row| row.get(0))
-            .optional()?
-            .ok_or_else(|| StoreError::InvalidCursor(cursor.clone()))?,
-    };
+    let before = cursor_sequence(connection, page)?;
     let mut statement = connection.prepare_cached(&format!(
         "SELECT {DELIVERY_COLUMNS}, {EVENT_COLUMNS} FROM event_deliveries d \
          JOIN events e ON e.sequence = d.event_sequence \
