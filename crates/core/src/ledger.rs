@@ -251,7 +251,7 @@ impl BalanceDelta {
 }
 
 impl JournalTransaction {
-    fn new(
+    pub(crate) fn new(
         kind: TransactionKind,
         account: &AccountId,
         transfers: Vec<(LedgerAccount, LedgerAccount, Micros)>,

@@ -1,5 +1,5 @@
 //! Tollgate's pure domain: money, the price book and Spend & Save tiers,
-//! billing cycles, ledger rules, holds and the Auto Top-Up policy.
+//! billing cycles, ledger rules, holds, invoices and the Auto Top-Up policy.
 //!
 //! No IO, no async, no SQL, no serialisation: every function here is a
 //! deterministic computation over values, with the current time passed in.
@@ -13,6 +13,7 @@ pub mod cycle;
 pub mod events;
 pub mod hold;
 pub mod ids;
+pub mod invoice;
 pub mod ledger;
 pub mod money;
 pub mod payments;
@@ -26,6 +27,9 @@ pub use cycle::{BillingCycle, CycleAnchor, NextTier, SpendState, Timestamp};
 pub use events::{DEFAULT_BALANCE_LOW_LEVEL, DeliveryPolicy, EventSelection, EventType, balance_crossings};
 pub use hold::{HoldEvent, HoldNotActive, HoldStatus, HoldTtl};
 pub use ids::{AccountId, ActionId, IdempotencyKey, InvalidId, Quantity, TierId};
+pub use invoice::{
+    InvoiceLine, InvoiceNumber, InvoicePayment, InvoicePeriod, InvoiceStatus, InvoiceTotals, invoice_lines,
+};
 pub use ledger::{
     BalanceDelta, Balances, BillingMode, InsufficientFunds, JournalTransaction, LedgerAccount,
     TransactionKind, Transfer,

@@ -93,6 +93,12 @@ impl TopupAmount {
         Ok(TopupAmount(amount))
     }
 
+    /// The amount due on an invoice, charged to the card whatever the top-up limits: an
+    /// invoice is paid in full. `None` unless positive whole cents.
+    pub fn invoice_due(amount: Micros) -> Option<TopupAmount> {
+        (amount.is_positive() && amount.is_whole_cents()).then_some(TopupAmount(amount))
+    }
+
     /// Parses the API's decimal text and checks it.
     pub fn parse(text: &str, limits: TopupLimits) -> Result<TopupAmount, InvalidTopupAmount> {
         match Micros::parse(text.trim()) {

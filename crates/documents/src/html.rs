@@ -1,6 +1,7 @@
 use askama::Template;
 
-use crate::{Receipt, Summary, payment_method};
+use crate::invoice::InvoiceView;
+use crate::{Invoice, Receipt, Summary, payment_method};
 
 /// The receipt page; askama escapes every `{{ }}` of an `.html` template, so
 /// customer-provided text cannot inject markup.
@@ -24,6 +25,22 @@ pub fn render_receipt_html(receipt: &Receipt) -> String {
     // Display, not `render()`: every value is a String written into a String,
     // so there is no error to report.
     page.to_string()
+}
+
+/// The invoice page, escaped like the receipt.
+#[derive(Template)]
+#[template(path = "invoice.html")]
+struct InvoicePage {
+    view: InvoiceView,
+}
+
+/// Renders `invoice` as a complete, standalone, printable HTML5 document: inline CSS, no
+/// scripts, no external assets; all text taken from the invoice is HTML-escaped.
+pub fn render_invoice_html(invoice: &Invoice) -> String {
+    InvoicePage {
+        view: InvoiceView::of(invoice),
+    }
+    .to_string()
 }
 
 #[cfg(test)]
@@ -109,5 +126,33 @@ mod tests {
         assert!(html.contains("&#34;&#62;&#60;script&#62;x"));
         assert!(html.contains("Top-up &#60;b&#62;&#38;&#60;/b&#62; &#39;more&#39;"));
         assert!(html.contains("<title>Receipt top_&#60;i&#62;</title>"));
+    }
+
+    #[test]
+    fn shows_the_invoice() {
+        let mut invoice = crate::invoice::tests::invoice();
+        invoice.account_name = "<script>x</script>".into();
+        let html = render_invoice_html(&invoice);
+        assert!(html.starts_with("<!DOCTYPE html>"));
+        assert!(html.contains("<title>Invoice INV-000042</title>"));
+        for expected in [
+            "INV-000042",
+            "1 Nov 2026 – 30 Nov 2026",
+            "31 Dec 2026",
+            "Email Finder",
+            "1200",
+            "$0.0085",
+            "$10.20",
+            "Export",
+            "Credit applied",
+            "-$0.35",
+            "Amount due",
+            "$10.00",
+            "billing@acme.test",
+        ] {
+            assert!(html.contains(expected), "missing {expected:?}");
+        }
+        assert!(!html.contains("<script"));
+        assert!(!html.contains("http"), "no external assets");
     }
 }

@@ -1,17 +1,19 @@
-//! Tollgate's customer-facing billing documents: for now the receipt of a
-//! balance top-up, rendered as a standalone HTML page and as a one-page PDF.
+//! Tollgate's customer-facing billing documents: the receipt of a balance top-up and the
+//! invoice of an invoice-billed period, each rendered as a standalone HTML page and a PDF.
 //!
-//! Pure: a document is a function of the [`Receipt`] handed in. No IO, no
+//! Pure: a document is a function of the [`Receipt`] or [`Invoice`] handed in. No IO, no
 //! clock, no network, no fonts or assets loaded at run time.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod html;
+mod invoice;
 mod pdf;
 
-pub use html::render_receipt_html;
-pub use pdf::render_receipt_pdf;
+pub use html::{render_invoice_html, render_receipt_html};
+pub use invoice::{Invoice, InvoiceDocumentLine};
+pub use pdf::{render_invoice_pdf, render_receipt_pdf};
 
 use time::{OffsetDateTime, UtcOffset};
 use tollgate_core::Micros;

@@ -1,7 +1,8 @@
 use lopdf::content::{Content, Operation};
 use lopdf::{Document, Object, Stream, dictionary, text_string};
 
-use crate::{DocumentError, Receipt, Summary, payment_method};
+use crate::invoice::InvoiceView;
+use crate::{DocumentError, Invoice, Receipt, Summary, payment_method};
 
 // A4 in PostScript points.
 const PAGE_WIDTH: f32 = 595.0;
@@ -94,6 +95,96 @@ pub fn render_receipt_pdf(receipt: &Receipt) -> Result<Vec<u8>, DocumentError> {
 
     let title = format!("Receipt {}", receipt.receipt_number);
     write_document(page.ops, &title, &receipt.issuer_name)
+}
+
+/// Lines one invoice page has room for; more are summed into one "more lines" row (the HTML
+/// invoice lists them all).
+const INVOICE_PAGE_LINES: usize = 28;
+
+/// Renders `invoice` as a one-page A4 PDF with the content of
+/// [`render_invoice_html`](crate::render_invoice_html), in the built-in Helvetica fonts.
+///
+/// # Errors
+/// [`DocumentError::Pdf`] when the PDF writer fails to encode the page.
+pub fn render_invoice_pdf(invoice: &Invoice) -> Result<Vec<u8>, DocumentError> {
+    let view = InvoiceView::of(invoice);
+    let mut page = Page::default();
+    let mut y = PAGE_HEIGHT - 64.0;
+    page.text(ISSUER, LEFT, y, RIGHT - LEFT, &view.issuer_name);
+    y -= 38.0;
+    page.text(TITLE, LEFT, y, RIGHT - LEFT, "Invoice");
+    page.text_right(STATUS, y, &view.status);
+    y -= 36.0;
+    let mut meta = vec![
+        ("Invoice number", view.number.clone()),
+        ("Period", view.period.clone()),
+        ("Issued", view.issued_at.clone()),
+        ("Due", view.due_at.clone()),
+    ];
+    if let Some(paid) = &view.paid_line {
+        meta.push(("Paid", paid.clone()));
+    }
+    for (label, value) in meta {
+        page.text(LABEL, LEFT, y, VALUE_X - LEFT, label);
+        page.text(BODY, VALUE_X, y, RIGHT - VALUE_X, &value);
+        y -= 16.0;
+    }
+    y -= 18.0;
+    page.text(LABEL, LEFT, y, RIGHT - LEFT, "BILLED TO");
+    y -= 16.0;
+    let account = format!("Account {}", view.account_id);
+    for line in [
+        view.account_name.as_str(),
+        view.account_email.as_str(),
+        account.as_str(),
+    ] {
+        page.text(BODY, LEFT, y, RIGHT - LEFT, line);
+        y -= 15.0;
+    }
+    y -= 22.0;
+
+    const QUANTITY_RIGHT: f32 = RIGHT - 190.0;
+    const PRICE_RIGHT: f32 = RIGHT - 95.0;
+    page.text(LABEL, LEFT, y, QUANTITY_RIGHT - LEFT - 70.0, "DESCRIPTION");
+    page.text_right_at(LABEL, QUANTITY_RIGHT, y, "QUANTITY");
+    page.text_right_at(LABEL, PRICE_RIGHT, y, "UNIT PRICE");
+    page.text_right(LABEL, y, "AMOUNT");
+    y -= 8.0;
+    page.rule(y);
+    y -= 18.0;
+    let shown = view.lines.len().min(INVOICE_PAGE_LINES);
+    for line in &view.lines[..shown] {
+        page.text(BODY, LEFT, y, QUANTITY_RIGHT - LEFT - 70.0, &line.description);
+        page.text_right_at(BODY, QUANTITY_RIGHT, y, &line.quantity);
+        page.text_right_at(BODY, PRICE_RIGHT, y, &line.unit_price);
+        page.text_right(BODY, y, &line.amount);
+        y -= 16.0;
+    }
+    if view.lines.len() > shown {
+        let more = format!(
+            "and {} more lines (listed in the HTML invoice)",
+            view.lines.len() - shown
+        );
+        page.text(LABEL, LEFT, y, RIGHT - LEFT, &more);
+        y -= 16.0;
+    }
+    if view.lines.is_empty() {
+        page.text(BODY, LEFT, y, RIGHT - LEFT, "No usage in this period.");
+        y -= 16.0;
+    }
+    y += 6.0;
+    page.rule(y);
+    y -= 20.0;
+    for total in &view.totals {
+        let style = if total.strong { STRONG } else { BODY };
+        page.text(style, LEFT, y, RIGHT - LEFT - AMOUNT_COLUMN, total.label);
+        page.text_right(style, y, &total.amount);
+        y -= 18.0;
+    }
+    let footer = format!("Amounts in US dollars. Issued by {}.", view.issuer_name);
+    page.text(LABEL, LEFT, 56.0, RIGHT - LEFT, &footer);
+    let title = format!("Invoice {}", view.number);
+    write_document(page.ops, &title, &view.issuer_name)
 }
 
 fn write_document(operations: Vec<Operation>, title: &str, author: &str) -> Result<Vec<u8>, DocumentError> {
@@ -222,8 +313,13 @@ impl Page {
     }
 
     fn text_right(&mut self, style: Style, y: f32, text: &str) {
+        self.text_right_at(style, RIGHT, y, text);
+    }
+
+    /// Text ending at `right`, for a column of numbers.
+    fn text_right_at(&mut self, style: Style, right: f32, y: f32, text: &str) {
         let bytes = win_ansi(text);
-        let x = RIGHT - style.font.width(style.size, &bytes);
+        let x = right - style.font.width(style.size, &bytes);
         self.show(style, x, y, bytes);
     }
 
@@ -402,5 +498,36 @@ mod tests {
     fn widths_follow_the_font_metrics() {
         assert_eq!(Font::Regular.width(10.0, b"$1,234.50"), 44.48);
         assert_eq!(Font::Bold.width(1000.0, b"Amount"), 3777.0);
+    }
+
+    #[test]
+    fn invoice_page_shows_the_invoice() {
+        let invoice = crate::invoice::tests::invoice();
+        let text = page_text(&render_invoice_pdf(&invoice).unwrap());
+        for expected in [
+            "Invoice",
+            "INV-000042",
+            "Open",
+            "Email Finder",
+            "1200",
+            "$0.0085",
+            "$10.20",
+            "Export",
+            "Credit applied",
+            "Amount due",
+            "$10.00",
+            "Acme Corp",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in {text:?}");
+        }
+    }
+
+    #[test]
+    fn invoice_page_sums_up_lines_it_has_no_room_for() {
+        let mut long = crate::invoice::tests::invoice();
+        let line = long.lines[0].clone();
+        long.lines = vec![line; INVOICE_PAGE_LINES + 5];
+        let text = page_text(&render_invoice_pdf(&long).unwrap());
+        assert!(text.contains("and 5 more lines"), "{text:?}");
     }
 }

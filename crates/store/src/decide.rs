@@ -8,6 +8,7 @@ use tollgate_core::{
     Timestamp,
 };
 
+use crate::invoices::check_not_overdue;
 use crate::{AccountRecord, StoreError, StoreResult, StoreRules, TransactionLine, UsageRecord};
 
 /// `NotFound` for a kind of thing and its id.
@@ -51,7 +52,12 @@ pub(crate) fn decide_usage(
     action: &ActionId,
     quantity: Quantity,
     held: Option<Micros>,
+    now: Timestamp,
 ) -> StoreResult<UsageDecision> {
+    // A hold's capture goes through: the action ran on funds reserved before.
+    if held.is_none() {
+        check_not_overdue(account, now)?;
+    }
     let book = &rules.price_book;
     let tier = account.spend.current_tier(book, rules.tier_basis);
     let quote = book

@@ -11,6 +11,7 @@
 mod decide;
 mod events;
 mod invariants;
+mod invoices;
 mod payments;
 mod plan;
 mod portal;
@@ -35,10 +36,14 @@ pub use recharge::MAX_AUTO_RECHARGE_BATCH;
 pub use records::{
     AccountRecord, ApiKeyRecord, AuditRecord, AutoRechargeChange, AutoRechargeRecord, AutoRechargeStart,
     CardRecord, CardSetupResult, DeliveryAttempt, DeliveryRecord, DeliveryStatus, DisputeApplied,
-    DisputeNews, DueDelivery, EventFilter, EventRecord, HoldRecord, Idempotent, LedgerReport, MAX_PAGE_SIZE,
-    NewWebhookEndpoint, Page, PageRequest, PaymentProfile, PlanRecord, RefundRecord, RefundRequest,
-    RefundState, TopupRecord, TransactionLine, UsageRecord, WebhookEndpointRecord,
+    DisputeNews, DueDelivery, EventFilter, EventRecord, HoldRecord, Idempotent, InvoiceRecord,
+    InvoiceRecordLine, LedgerReport, MAX_PAGE_SIZE, MarkPaid, NewWebhookEndpoint, Page, PageRequest,
+    PaymentProfile, PlanRecord, RefundRecord, RefundRequest, RefundState, TopupRecord, TransactionLine,
+    UsageRecord, WebhookEndpointRecord,
 };
+
+/// Largest number of invoice periods one close pass handles.
+pub const MAX_INVOICE_CLOSE_BATCH: usize = 100;
 
 /// Largest number of open top-ups one recovery pass looks at.
 pub const MAX_RECOVERY_BATCH: usize = 100;
@@ -112,6 +117,12 @@ pub enum StoreError {
     /// The processor's news contradicts what is stored (another payment for the same top-up, …).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// An invoice is unpaid past its net terms: usage is refused until it is paid.
+    #[error("an invoice was due {due_at} and is unpaid: usage is blocked until it is paid")]
+    InvoiceOverdue {
+        /// When the oldest open invoice fell due.
+        due_at: Timestamp,
+    },
     /// Auto Top-Up cannot be switched on without a saved card.
     #[error("the account has no payment method: add a card first")]
     NoPaymentMethod,
@@ -326,6 +337,30 @@ pub trait Store: Send + Sync + 'static {
     /// Refused ([`StoreError::Conflict`]) when the new limit does not cover what the
     /// account owes.
     async fn set_plan(&self, command: PlanCommand) -> StoreResult<PlanRecord>;
+    /// Closes at most `limit` (at most [`MAX_INVOICE_CLOSE_BATCH`]) invoice periods that
+    /// ended (a grace included) by now: each into one numbered invoice (none for a period
+    /// without usage or debt) and the account's next period, in one transaction, exactly
+    /// once whatever the number of closers and processes. Returns the invoices written.
+    async fn close_due_invoices(&self, limit: usize) -> StoreResult<Vec<InvoiceRecord>>;
+    /// An account's invoices, newest first.
+    async fn invoices(&self, account: &AccountId, page: PageRequest) -> StoreResult<Page<InvoiceRecord>>;
+    /// One invoice.
+    async fn invoice(&self, id: &str) -> StoreResult<InvoiceRecord>;
+    /// Records an open invoice paid by bank transfer: its amount is credited to the balance
+    /// (`invoice_payment`), it is paid, and the account is unblocked if nothing else is
+    /// overdue. An invoice paid already is returned as it is (`replayed`); a void one is a
+    /// [`StoreError::Conflict`].
+    async fn mark_invoice_paid(&self, command: MarkPaid) -> StoreResult<Idempotent<InvoiceRecord>>;
+    /// Makes `topup` (a card top-up of the amount due, attempt number `attempt`) the card
+    /// payment of an open invoice: when it succeeds, its credit pays the invoice in the same
+    /// transaction. Refused ([`StoreError::Conflict`]) when the invoice is not open or another
+    /// card payment of it is still in flight.
+    async fn attach_invoice_topup(
+        &self,
+        invoice: &str,
+        topup: &str,
+        attempt: u32,
+    ) -> StoreResult<InvoiceRecord>;
     /// An endpoint's delivery log, newest event first.
     async fn deliveries(&self, endpoint: &str, page: PageRequest) -> StoreResult<Page<DeliveryRecord>>;
 }

@@ -2,7 +2,8 @@
 
 use tollgate_core::{
     AccountId, AccountPlan, ActionId, Actor, AutoRechargeSettings, Balances, BillingMode, CycleAnchor,
-    DisputeStatus, EventSelection, EventType, HoldStatus, IdempotencyKey, Micros, PriceSource, Quantity,
+    DisputeStatus, EventSelection, EventType, HoldStatus, IdempotencyKey, InvoiceLine, InvoiceNumber,
+    InvoicePayment, InvoicePeriod, InvoiceStatus, InvoiceTotals, Micros, PriceSource, Quantity,
     RechargeBlocked, RechargeRule, SpendState, TierId, Timestamp, TopupSource, TopupStatus, TransactionKind,
 };
 
@@ -28,6 +29,8 @@ pub struct AccountRecord {
     pub spend: SpendState,
     /// What Sales agreed.
     pub plan: AccountPlan,
+    /// When the account's oldest open invoice falls due; past it, usage is refused.
+    pub invoice_due_at: Option<Timestamp>,
 }
 
 impl AccountRecord {
@@ -611,4 +614,57 @@ pub struct PlanRecord {
     pub plan: AccountPlan,
     /// Days an invoice may stay unpaid (invoice accounts).
     pub net_terms_days: Option<u16>,
+}
+
+/// A closed invoice with its lines.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvoiceRecord {
+    /// `inv_…`.
+    pub id: String,
+    /// The gapless number.
+    pub number: InvoiceNumber,
+    /// Who is billed.
+    pub account: AccountId,
+    /// The period billed.
+    pub period: InvoicePeriod,
+    /// The usage, one line per action and unit price.
+    pub lines: Vec<InvoiceRecordLine>,
+    /// Subtotal, credit applied, brought and carried forward, amount due.
+    pub totals: InvoiceTotals,
+    /// Open, paid or void.
+    pub status: InvoiceStatus,
+    /// When it must be paid by; past it, the account's usage is refused.
+    pub due_at: Timestamp,
+    /// When it was closed.
+    pub created_at: Timestamp,
+    /// When it was paid.
+    pub paid_at: Option<Timestamp>,
+    /// How it was paid.
+    pub paid_by: Option<InvoicePayment>,
+    /// The card top-up or the bank transfer's reference.
+    pub payment_reference: Option<String>,
+    /// The card top-up currently paying it (its last card attempt).
+    pub card_topup: Option<String>,
+    /// How many card payments were started for it.
+    pub card_attempts: u32,
+}
+
+/// An invoice line with the action's display name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvoiceRecordLine {
+    /// Action, quantity, unit price and amount.
+    pub line: InvoiceLine,
+    /// The action's name when the invoice was closed (`Email Finder`).
+    pub description: String,
+}
+
+/// How the operator records an invoice paid outside Tollgate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MarkPaid {
+    /// The invoice.
+    pub invoice: String,
+    /// The bank transfer's reference, if given.
+    pub reference: Option<String>,
+    /// Who marked it.
+    pub actor: Actor,
 }

@@ -13,6 +13,7 @@
 //! transaction), so PgBouncer in transaction mode works.
 
 mod events;
+mod invoices;
 mod ops;
 mod payments;
 mod plan;
@@ -795,5 +796,55 @@ impl Store for PgStore {
     async fn deliveries(&self, endpoint: &str, page: PageRequest) -> StoreResult<Page<DeliveryRecord>> {
         read!(self, |tx, _context| events::list_deliveries(&tx, endpoint, &page)
             .await)
+    }
+
+    async fn close_due_invoices(&self, limit: usize) -> StoreResult<Vec<crate::InvoiceRecord>> {
+        let due = read!(self, |tx, context| invoices::due_periods(&tx, &context, limit)
+            .await)?;
+        let mut closed = Vec::new();
+        // One transaction per account: a closer that dies half-way keeps what it closed.
+        for account in &due {
+            if let Some(invoice) =
+                transaction!(self, |tx, context| invoices::close_period(&tx, &context, account)
+                    .await)?
+            {
+                closed.push(invoice);
+            }
+        }
+        Ok(closed)
+    }
+
+    async fn invoices(
+        &self,
+        account: &AccountId,
+        page: PageRequest,
+    ) -> StoreResult<Page<crate::InvoiceRecord>> {
+        read!(self, |tx, _context| invoices::list_invoices(&tx, account, &page)
+            .await)
+    }
+
+    async fn invoice(&self, id: &str) -> StoreResult<crate::InvoiceRecord> {
+        read!(self, |tx, _context| invoices::invoice(&tx, id).await)
+    }
+
+    async fn mark_invoice_paid(
+        &self,
+        command: crate::MarkPaid,
+    ) -> StoreResult<Idempotent<crate::InvoiceRecord>> {
+        let command = &command;
+        transaction!(self, |tx, context| invoices::mark_paid(&tx, &context, command)
+            .await)
+    }
+
+    async fn attach_invoice_topup(
+        &self,
+        invoice: &str,
+        topup: &str,
+        attempt: u32,
+    ) -> StoreResult<crate::InvoiceRecord> {
+        transaction!(self, |tx, _context| invoices::attach_topup(
+            &tx, invoice, topup, attempt
+        )
+        .await)
     }
 }

@@ -247,7 +247,14 @@ async fn record_usage<C: GenericClient + Sync>(
 ) -> PgResult<UsageRecord> {
     let held = usage.journal_kind_for_hold.map(|(_, held)| held);
     let hold_id = usage.journal_kind_for_hold.map(|(hold_id, _)| hold_id);
-    let decision = decide_usage(context.rules, &account.record, usage.action, usage.quantity, held)?;
+    let decision = decide_usage(
+        context.rules,
+        &account.record,
+        usage.action,
+        usage.quantity,
+        held,
+        context.now,
+    )?;
     let line = append(
         client,
         context,
@@ -485,6 +492,7 @@ pub async fn place_hold<C: GenericClient + Sync>(
         .map(|spec| spec.name.clone())
         .ok_or_else(|| StoreError::UnknownAction(command.action.to_string()))?;
     let mut account = load_for_write(client, context, &command.account).await?;
+    crate::invoices::check_not_overdue(&account.record, context.now)?;
     check_debit(account.record.mode, account.record.balances, command.amount)?;
     let hold_id = new_id("hold");
     let line = append(

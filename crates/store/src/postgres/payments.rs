@@ -21,8 +21,8 @@ use tollgate_core::{
 use super::PgResult;
 use super::events;
 use super::ops::{self, Context, JournalWrite};
-use super::recharge;
 use super::rows::{self, StoredAccount};
+use super::{invoices, recharge};
 use crate::decide::not_found;
 use crate::events::{card_changed, card_event, topup_event};
 use crate::payments::{
@@ -655,18 +655,17 @@ pub async fn settle_topup<C: GenericClient + Sync>(
     let credited = match settlement {
         Settlement::Unchanged => return Ok(topup),
         Settlement::Status => None,
-        Settlement::Credit(journal) => Some(
-            post(
-                client,
-                context,
-                &topup.account,
-                &journal,
-                credit_description(&topup),
-                &topup.id,
+        Settlement::Credit(journal) => {
+            // A card payment of an invoice says so in the journal, and pays it below.
+            let description = invoices::card_payment_description(client, &topup.id)
+                .await?
+                .unwrap_or_else(|| credit_description(&topup));
+            Some(
+                post(client, context, &topup.account, &journal, description, &topup.id)
+                    .await?
+                    .id,
             )
-            .await?
-            .id,
-        ),
+        }
     };
     let updated = client
         .execute(
@@ -693,6 +692,9 @@ pub async fn settle_topup<C: GenericClient + Sync>(
     if updated != 1 {
         // Unreachable under the row lock; refusing keeps the money where it is.
         return Err(StoreError::Database(format!("top-up {topup_id} was settled concurrently")).into());
+    }
+    if let Some(transaction) = &credited {
+        invoices::after_card_credit(client, context, &topup.id, transaction).await?;
     }
     // An auto top-up's outcome resolves its rule, in the same transaction.
     recharge::after_settle(client, context, &topup, outcome).await?;

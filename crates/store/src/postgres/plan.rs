@@ -5,9 +5,10 @@ use tollgate_core::{AccountId, PlanCommand, Timestamp};
 
 use super::PgResult;
 use super::ops::{self, Context, load_for_write};
-use super::rows;
+use super::{invoices, rows};
 use crate::PlanRecord;
 use crate::decide::not_found;
+use crate::invoices::period_change;
 use crate::plan::{check_plan, discount_code, mode_code, net_terms, plan_audit, plan_record};
 
 async fn stored_terms<C: GenericClient + Sync>(client: &C, account: &AccountId) -> PgResult<Option<u16>> {
@@ -44,6 +45,7 @@ pub async fn set_plan<C: GenericClient + Sync>(
     let account = load_for_write(client, context, &command.account).await?;
     let before = plan_record(&account.record, stored_terms(client, &command.account).await?);
     check_plan(&account.record, command)?;
+    let period = period_change(&account.record, command, context.now);
     // Loading for a write released holds whose time ran out: keep what that moved.
     rows::save_account(client, &account).await?;
     let (mode, credit_limit) = mode_code(command.mode);
@@ -60,6 +62,7 @@ pub async fn set_plan<C: GenericClient + Sync>(
             ],
         )
         .await?;
+    invoices::change_period(client, &command.account, period).await?;
     client
         .execute(
             "DELETE FROM account_prices WHERE account_id = $1",

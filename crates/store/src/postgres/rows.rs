@@ -36,7 +36,7 @@ pub fn action_id(text: &str) -> StoreResult<ActionId> {
 const ACCOUNT_COLUMNS: &str = "id, name, email, created_at, billing_mode, credit_limit_micros, \
      available_micros, held_micros, journal_sequence, cycle_start, cycle_spend_micros, \
      previous_cycle_spend_micros, lifetime_spend_micros, cycle_savings_micros, lifetime_savings_micros, \
-     personal_discount_percent";
+     personal_discount_percent, invoice_due_at";
 
 async fn account_from_row<C: GenericClient + Sync>(
     client: &C,
@@ -99,6 +99,7 @@ async fn account_from_row<C: GenericClient + Sync>(
                 personal_discount,
                 custom_prices,
             },
+            invoice_due_at: row.try_get::<_, Option<i64>>(16)?.map(from_unix_micros),
         },
         journal_sequence: row.try_get(8)?,
     })

@@ -2,6 +2,7 @@
 //! writer thread that group-commits, and a small pool of read connections.
 
 mod events;
+mod invoices;
 mod ops;
 mod payments;
 mod plan;
@@ -608,6 +609,49 @@ impl Store for SqliteStore {
     async fn set_plan(&self, command: tollgate_core::PlanCommand) -> StoreResult<crate::PlanRecord> {
         self.writer
             .write(move |context| plan::set_plan(context, &command))
+            .await
+    }
+
+    async fn close_due_invoices(&self, limit: usize) -> StoreResult<Vec<crate::InvoiceRecord>> {
+        self.writer
+            .write(move |context| invoices::close_due_invoices(context, limit))
+            .await
+    }
+
+    async fn invoices(
+        &self,
+        account: &AccountId,
+        page: PageRequest,
+    ) -> StoreResult<Page<crate::InvoiceRecord>> {
+        let account = account.clone();
+        self.read(move |connection, _, _| invoices::list_invoices(connection, &account, &page))
+            .await
+    }
+
+    async fn invoice(&self, id: &str) -> StoreResult<crate::InvoiceRecord> {
+        let id = id.to_owned();
+        self.read(move |connection, _, _| invoices::invoice(connection, &id))
+            .await
+    }
+
+    async fn mark_invoice_paid(
+        &self,
+        command: crate::MarkPaid,
+    ) -> StoreResult<Idempotent<crate::InvoiceRecord>> {
+        self.writer
+            .write(move |context| invoices::mark_paid(context, &command))
+            .await
+    }
+
+    async fn attach_invoice_topup(
+        &self,
+        invoice: &str,
+        topup: &str,
+        attempt: u32,
+    ) -> StoreResult<crate::InvoiceRecord> {
+        let (invoice, topup) = (invoice.to_owned(), topup.to_owned());
+        self.writer
+            .write(move |context| invoices::attach_topup(context, &invoice, &topup, attempt))
             .await
     }
 

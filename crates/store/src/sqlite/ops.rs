@@ -203,7 +203,14 @@ fn record_usage(
 ) -> StoreResult<UsageRecord> {
     let held = usage.journal_kind_for_hold.map(|(_, held)| held);
     let hold_id = usage.journal_kind_for_hold.map(|(hold_id, _)| hold_id);
-    let decision = decide_usage(context.rules, &account.record, usage.action, usage.quantity, held)?;
+    let decision = decide_usage(
+        context.rules,
+        &account.record,
+        usage.action,
+        usage.quantity,
+        held,
+        context.now,
+    )?;
     let line = append(
         context,
         account,
@@ -412,6 +419,7 @@ pub fn place_hold(context: &WriteContext<'_>, command: &HoldCommand) -> StoreRes
         .map(|spec| spec.name.clone())
         .ok_or_else(|| StoreError::UnknownAction(command.action.to_string()))?;
     let mut account = load_for_write(context, &command.account)?;
+    crate::invoices::check_not_overdue(&account.record, context.now)?;
     check_debit(account.record.mode, account.record.balances, command.amount)?;
     let hold_id = new_id("hold");
     let line = append(

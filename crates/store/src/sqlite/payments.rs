@@ -11,9 +11,9 @@ use tollgate_core::{
 
 use super::events;
 use super::ops::{self, JournalWrite};
-use super::recharge;
 use super::rows::{self, StoredAccount};
 use super::writer::WriteContext;
+use super::{invoices, recharge};
 use crate::decide::not_found;
 use crate::events::{card_changed, card_event, topup_event};
 use crate::payments::{
@@ -70,7 +70,7 @@ pub fn payment_profile(connection: &Connection, account: &AccountId) -> StoreRes
     Ok(profile.unwrap_or_default())
 }
 
-fn ensure_account(connection: &Connection, account: &AccountId) -> StoreResult<()> {
+pub(super) fn ensure_account(connection: &Connection, account: &AccountId) -> StoreResult<()> {
     let exists: Option<i64> = connection
         .prepare_cached("SELECT 1 FROM accounts WHERE id = ?1")?
         .query_row(params![account.as_str()], |row| row.get(0))
@@ -549,16 +549,12 @@ pub fn settle_topup(
     let credited = match settlement {
         Settlement::Unchanged => return Ok(topup),
         Settlement::Status => None,
-        Settlement::Credit(journal) => Some(
-            post(
-                context,
-                &topup.account,
-                &journal,
-                credit_description(&topup),
-                &topup.id,
-            )?
-            .id,
-        ),
+        Settlement::Credit(journal) => {
+            // A card payment of an invoice says so in the journal, and pays it below.
+            let description = invoices::card_payment_description(context.connection, &topup.id)?
+                .unwrap_or_else(|| credit_description(&topup));
+            Some(post(context, &topup.account, &journal, description, &topup.id)?.id)
+        }
     };
     context
         .connection
@@ -581,6 +577,9 @@ pub fn settle_topup(
             to_unix_micros(context.now),
             topup.succeeded_at.map(to_unix_micros),
         ])?;
+    if let Some(transaction) = &credited {
+        invoices::after_card_credit(context, &topup.id, transaction)?;
+    }
     // An auto top-up's outcome resolves its rule, in the same transaction.
     recharge::after_settle(context, &topup, outcome)?;
     let settled = load_topup(context.connection, topup_id)?;

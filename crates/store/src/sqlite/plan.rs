@@ -4,9 +4,10 @@ use rusqlite::{Connection, params};
 use tollgate_core::{AccountId, PlanCommand};
 
 use super::ops::{self, load_for_write};
-use super::rows;
 use super::writer::WriteContext;
+use super::{invoices, rows};
 use crate::decide::not_found;
+use crate::invoices::period_change;
 use crate::plan::{check_plan, discount_code, mode_code, net_terms, plan_audit, plan_record};
 use crate::{PlanRecord, StoreResult};
 
@@ -34,6 +35,7 @@ pub fn set_plan(context: &WriteContext<'_>, command: &PlanCommand) -> StoreResul
     let account = load_for_write(context, &command.account)?;
     let before = plan_record(&account.record, stored_terms(connection, &command.account)?);
     check_plan(&account.record, command)?;
+    let period = period_change(&account.record, command, context.now);
     // Loading for a write released holds whose time ran out: keep what that moved.
     rows::save_account(connection, &account)?;
     let (mode, credit_limit) = mode_code(command.mode);
@@ -49,6 +51,7 @@ pub fn set_plan(context: &WriteContext<'_>, command: &PlanCommand) -> StoreResul
             discount_code(&command.plan),
             command.net_terms_days.map(i64::from),
         ])?;
+    invoices::change_period(context, &command.account, period)?;
     connection
         .prepare_cached("DELETE FROM account_prices WHERE account_id = ?1")?
         .execute(params![command.account.as_str()])?;

@@ -35,7 +35,7 @@ pub fn action_id(text: &str) -> StoreResult<ActionId> {
 const ACCOUNT_COLUMNS: &str = "id, name, email, created_at, billing_mode, credit_limit_micros, \
      available_micros, held_micros, journal_sequence, cycle_start, cycle_spend_micros, \
      previous_cycle_spend_micros, lifetime_spend_micros, cycle_savings_micros, lifetime_savings_micros, \
-     personal_discount_percent";
+     personal_discount_percent, invoice_due_at";
 
 struct AccountRow {
     id: String,
@@ -54,6 +54,7 @@ struct AccountRow {
     cycle_savings: i64,
     lifetime_savings: i64,
     personal_discount: Option<i64>,
+    invoice_due_at: Option<i64>,
 }
 
 fn account_row(row: &Row<'_>) -> rusqlite::Result<AccountRow> {
@@ -74,6 +75,7 @@ fn account_row(row: &Row<'_>) -> rusqlite::Result<AccountRow> {
         cycle_savings: row.get(13)?,
         lifetime_savings: row.get(14)?,
         personal_discount: row.get(15)?,
+        invoice_due_at: row.get(16)?,
     })
 }
 
@@ -129,6 +131,7 @@ fn account_from_row(connection: &Connection, row: AccountRow, now: Timestamp) ->
                 personal_discount,
                 custom_prices,
             },
+            invoice_due_at: row.invoice_due_at.map(from_unix_micros),
         },
         journal_sequence: row.journal_sequence,
     })
