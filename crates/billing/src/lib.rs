@@ -14,6 +14,7 @@
 
 mod auto_recharge;
 mod cards;
+mod invoices;
 mod receipts;
 mod recovery;
 mod refunds;
@@ -33,6 +34,7 @@ pub use auto_recharge::{
     AUTO_RECHARGE_BATCH, AUTO_RECHARGE_POLL_INTERVAL_MS, AutoRechargeReport, AutoRechargeWorker,
 };
 pub use cards::{CardReturn, CardSetupStart};
+pub use invoices::{InvoiceCardPayment, invoice_document};
 pub use receipts::ReceiptFormat;
 pub use recovery::{RECOVERY_INTERVAL_MS, RecoveryReport};
 pub use refunds::RefundOutcome;

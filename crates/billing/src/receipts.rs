@@ -5,7 +5,7 @@ use tollgate_documents::{Receipt, render_receipt_html, render_receipt_pdf};
 
 use crate::{Billing, BillingError, BillingResult};
 
-/// How a receipt is wanted.
+/// How a receipt or an invoice is wanted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReceiptFormat {
     /// A printable HTML page.

@@ -150,6 +150,8 @@ pub async fn run(database_url: &str, config: Config, args: ServeArgs) -> anyhow:
         payments.billing.clone(),
     );
     let sweeper = tollgate_web::spawn_hold_sweeper(store.clone(), config.hold_sweep_interval_ms);
+    let invoice_closer =
+        tollgate_web::spawn_invoice_closer(store.clone(), tollgate_web::INVOICE_CLOSE_INTERVAL_MS);
     let event_sender = tollgate_web::spawn_event_sender(
         store.clone(),
         tollgate_web::EventSender::new(config.delivery_policy).context("building the event sender")?,
@@ -193,6 +195,7 @@ pub async fn run(database_url: &str, config: Config, args: ServeArgs) -> anyhow:
         .await
         .context("serving HTTP")?;
     sweeper.abort();
+    invoice_closer.abort();
     event_sender.abort();
     recovery.abort();
     auto_recharge.abort();

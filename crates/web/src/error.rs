@@ -47,6 +47,8 @@ pub enum ErrorCode {
     NoPaymentMethod,
     /// 402: the card was refused.
     CardDeclined,
+    /// 402: an invoice is unpaid past its net terms; usage is blocked until it is paid.
+    InvoiceOverdue,
     /// 402: the card needs the customer to authenticate (3-D Secure) on-session.
     AuthenticationRequired,
     /// 400: a webhook whose signature is missing, forged, tampered with or stale.
@@ -81,6 +83,7 @@ impl ErrorCode {
             ErrorCode::ServiceUnavailable => "service_unavailable",
             ErrorCode::NoPaymentMethod => "no_payment_method",
             ErrorCode::CardDeclined => "card_declined",
+            ErrorCode::InvoiceOverdue => "invoice_overdue",
             ErrorCode::AuthenticationRequired => "authentication_required",
             ErrorCode::InvalidSignature => "invalid_signature",
             ErrorCode::InvalidRefund => "invalid_refund",
@@ -101,9 +104,10 @@ impl ErrorCode {
             | ErrorCode::NoPaymentMethod
             | ErrorCode::InvalidSignature
             | ErrorCode::InvalidRefund => StatusCode::BAD_REQUEST,
-            ErrorCode::InsufficientBalance | ErrorCode::CardDeclined | ErrorCode::AuthenticationRequired => {
-                StatusCode::PAYMENT_REQUIRED
-            }
+            ErrorCode::InsufficientBalance
+            | ErrorCode::CardDeclined
+            | ErrorCode::AuthenticationRequired
+            | ErrorCode::InvoiceOverdue => StatusCode::PAYMENT_REQUIRED,
             ErrorCode::PaymentProcessorError => StatusCode::BAD_GATEWAY,
             ErrorCode::PaymentProcessorUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::IdempotencyConflict
@@ -311,6 +315,13 @@ impl From<StoreError> for ApiError {
                 ApiError::new(ErrorCode::InvalidRefund, reason.to_string()).with_param("amount")
             }
             StoreError::Conflict(reason) => ApiError::new(ErrorCode::Conflict, reason),
+            StoreError::InvoiceOverdue { due_at } => ApiError::new(
+                ErrorCode::InvoiceOverdue,
+                format!(
+                    "an invoice was due {} and is unpaid: usage is blocked until it is paid",
+                    crate::api::json::timestamp(due_at)
+                ),
+            ),
             StoreError::NoPaymentMethod => ApiError::new(
                 ErrorCode::NoPaymentMethod,
                 "the account has no payment method: add a card first",

@@ -34,7 +34,10 @@ pub use config::{
 };
 pub use event_sender::{EventSender, spawn_event_sender};
 pub use state::AppState;
-pub use sweeper::{MAX_SWEEP_ROUNDS, SWEEP_BATCH, spawn_hold_sweeper, sweep_expired_holds};
+pub use sweeper::{
+    INVOICE_CLOSE_INTERVAL_MS, MAX_SWEEP_ROUNDS, SWEEP_BATCH, close_due_invoices, spawn_hold_sweeper,
+    spawn_invoice_closer, sweep_expired_holds,
+};
 
 /// The whole HTTP application: API routes, operations endpoints and layers.
 pub fn app(state: AppState) -> Router {

@@ -22,6 +22,7 @@ pub const SECURITY_SCHEME: &str = "api_key";
         (name = "holds", description = "Reservations for actions of unknown final cost"),
         (name = "billing", description = "Balance, tiers, prices and the ledger"),
         (name = "operations", description = "Health, metrics, this document, the audit log"),
+        (name = "invoices", description = "Invoices of invoice-billed accounts: list, document, payment"),
         (name = "events", description = "Events, operator webhook endpoints and their delivery log"),
     )
 )]

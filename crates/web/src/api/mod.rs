@@ -7,6 +7,7 @@ pub mod auto_recharge;
 pub mod billing;
 pub mod events;
 pub mod holds;
+pub mod invoices;
 pub mod json;
 pub mod ledger;
 pub mod ops;
@@ -48,6 +49,11 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(auto_recharge::put_auto_recharge))
         .routes(routes!(crate::page::portal::create_portal_session))
         .routes(routes!(plan::put_plan, plan::get_plan))
+        .routes(routes!(invoices::list_invoices))
+        .routes(routes!(invoices::get_invoice))
+        .routes(routes!(invoices::invoice_document))
+        .routes(routes!(invoices::pay_invoice))
+        .routes(routes!(invoices::mark_invoice_paid))
         .routes(routes!(events::list_events))
         .routes(routes!(events::get_event))
         .routes(routes!(
