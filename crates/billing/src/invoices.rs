@@ -6,7 +6,9 @@
 //! store transaction. So every robustness of top-ups (idempotent charges, 3-D Secure,
 //! reordered webhooks, recovery after a crash) holds for invoices too.
 
-use tollgate_core::{Actor, IdempotencyKey, InvoicePayment, InvoiceStatus, NewTopup, TopupAmount, TopupSource};
+use tollgate_core::{
+    Actor, IdempotencyKey, InvoicePayment, InvoiceStatus, NewTopup, TopupAmount, TopupSource,
+};
 use tollgate_documents::{Invoice, InvoiceDocumentLine, render_invoice_html, render_invoice_pdf};
 use tollgate_store::{InvoiceRecord, Store, StoreError, TopupRecord};
 
@@ -53,9 +55,8 @@ impl Billing {
         if profile.card.is_none() {
             return Err(BillingError::NoPaymentMethod);
         }
-        let amount = TopupAmount::invoice_due(invoice.totals.amount_due).ok_or_else(|| {
-            StoreError::Conflict(format!("invoice {} has nothing to pay", invoice.number))
-        })?;
+        let amount = TopupAmount::invoice_due(invoice.totals.amount_due)
+            .ok_or_else(|| StoreError::Conflict(format!("invoice {} has nothing to pay", invoice.number)))?;
         let attempt = invoice.card_attempts.saturating_add(1);
         let created = self
             .store
@@ -77,7 +78,13 @@ impl Billing {
 
     /// The invoice as a document (HTML page or PDF), issued in this merchant's name.
     pub async fn invoice_document(&self, invoice_id: &str, format: ReceiptFormat) -> BillingResult<Vec<u8>> {
-        invoice_document(self.store.as_ref(), &self.settings.issuer_name, invoice_id, format).await
+        invoice_document(
+            self.store.as_ref(),
+            &self.settings.issuer_name,
+            invoice_id,
+            format,
+        )
+        .await
     }
 }
 

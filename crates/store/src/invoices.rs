@@ -49,11 +49,13 @@ pub(crate) struct InvoiceDraft {
     pub due_at: Timestamp,
 }
 
-/// The invoice that closes `period` for `account`, or `None` when the period had no usage and
-/// nothing is due (no invoice is written; the period still closes).
+/// The invoice that closes a period with `charges`, for an account whose balance (available
+/// plus held) was `balance_at_end` when the period ended, or `None` when the period had no
+/// usage and nothing is due (no invoice is written; the period still closes). The balance at
+/// the period's end, not now: usage after it is the next invoice's.
 pub(crate) fn draft_invoice(
     book: &PriceBook,
-    account: &AccountRecord,
+    balance_at_end: Micros,
     charges: Vec<PeriodCharge>,
     open_due: Micros,
     net_terms_days: Option<u16>,
@@ -69,7 +71,7 @@ pub(crate) fn draft_invoice(
         .iter()
         .try_fold(Micros::ZERO, |sum, line| sum.checked_add(line.amount))
         .map_err(|_| StoreError::Overflow("invoice total"))?;
-    let totals = InvoiceTotals::compute(subtotal, account.balances.available, open_due)
+    let totals = InvoiceTotals::compute(subtotal, balance_at_end, open_due)
         .map_err(|_| StoreError::Overflow("invoice total"))?;
     if lines.is_empty() && totals.amount_due.is_zero() {
         return Ok(None);

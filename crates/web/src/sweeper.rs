@@ -58,7 +58,9 @@ pub const MAX_INVOICE_CLOSE_ROUNDS: usize = 10;
 pub async fn close_due_invoices(store: &dyn Store) -> StoreResult<usize> {
     let mut written = 0;
     for _ in 0..MAX_INVOICE_CLOSE_ROUNDS {
-        let batch = store.close_due_invoices(tollgate_store::MAX_INVOICE_CLOSE_BATCH).await?;
+        let batch = store
+            .close_due_invoices(tollgate_store::MAX_INVOICE_CLOSE_BATCH)
+            .await?;
         written += batch.len();
         if batch.is_empty() {
             break;

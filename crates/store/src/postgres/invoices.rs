@@ -248,9 +248,20 @@ pub async fn close_period<C: GenericClient + Sync>(
         )
         .await?
         .try_get(0)?;
+    let balance_at_end: i64 = match client
+        .query_opt(
+            "SELECT available_after_micros + held_after_micros FROM journal_transactions \
+             WHERE account_id = $1 AND created_at < $2 ORDER BY sequence DESC LIMIT 1",
+            &[&account_id.as_str(), &end],
+        )
+        .await?
+    {
+        Some(row) => row.try_get(0)?,
+        None => 0,
+    };
     let draft = draft_invoice(
         &context.rules.price_book,
-        &account.record,
+        Micros::new(balance_at_end),
         charges,
         Micros::new(open_due),
         net_terms(terms),

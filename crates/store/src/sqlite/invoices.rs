@@ -282,9 +282,17 @@ fn close_period(context: &WriteContext<'_>, account_id: &AccountId) -> StoreResu
             "SELECT COALESCE(SUM(amount_due_micros), 0) FROM invoices WHERE account_id = ?1 AND status = 'open'",
         )?
         .query_row(params![account_id.as_str()], |row| row.get(0))?;
+    let balance_at_end: i64 = connection
+        .prepare_cached(
+            "SELECT available_after_micros + held_after_micros FROM journal_transactions \
+             WHERE account_id = ?1 AND created_at < ?2 ORDER BY sequence DESC LIMIT 1",
+        )?
+        .query_row(params![account_id.as_str(), end], |row| row.get(0))
+        .optional()?
+        .unwrap_or(0);
     let draft = draft_invoice(
         &context.rules.price_book,
-        &account.record,
+        Micros::new(balance_at_end),
         charges,
         Micros::new(open_due),
         net_terms(terms),

@@ -209,7 +209,9 @@ pub(crate) async fn document_response(
     let bytes = match state.billing() {
         Some(billing) => billing.invoice_document(invoice_id, format).await?,
         // Without card payments there is no merchant name configured: the product's own.
-        None => tollgate_billing::invoice_document(state.store().as_ref(), "Tollgate", invoice_id, format).await?,
+        None => {
+            tollgate_billing::invoice_document(state.store().as_ref(), "Tollgate", invoice_id, format).await?
+        }
     };
     Ok((
         [
