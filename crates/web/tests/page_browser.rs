@@ -462,6 +462,103 @@ async fn refused_links(browser: &Browser) {
     browser.wait_for_text("h1", "This billing link has expired").await;
 }
 
+/// An invoice account (set up by Sales): the page shows invoice mode and the credit used;
+/// at the cycle end its invoice is listed, opens as a document, turns Overdue past its
+/// terms (usage paused, said so), and Paid once the operator marks it paid.
+async fn invoice_billing(browser: &Browser) {
+    let server = TestServer::start().await;
+    server.create_account("bigco").await;
+    let (status, plan) = server
+        .send(
+            server
+                .request(reqwest::Method::PUT, "/v1/accounts/bigco/plan")
+                .json(
+                    &serde_json::json!({"billing_mode": "invoice", "credit_limit": "100.00",
+                                           "prices": {"export": "0.05"}, "net_terms_days": 14}),
+                ),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{plan}");
+    assert_eq!(
+        server.usage("bigco", "export", 500, "x1").await.0,
+        reqwest::StatusCode::OK
+    );
+    open_page(browser, &server, "bigco").await;
+    browser.wait_for_text("#invoice-mode", "Invoice billing").await;
+    browser
+        .wait_for_text("#credit-used-text", "$25.00 of $100.00 credit used")
+        .await;
+    assert_eq!(
+        browser.attr("#credit-used svg", "aria-valuenow").await.as_deref(),
+        Some("25")
+    );
+    browser.wait_for_text("#no-invoices", "No invoices yet").await;
+    browser.screenshots("30-invoice-mode").await;
+
+    server.clock.advance(time::Duration::days(32));
+    assert_eq!(
+        tollgate_web::close_due_invoices(server.store.as_ref())
+            .await
+            .unwrap(),
+        1
+    );
+    open_page(browser, &server, "bigco").await;
+    let row = browser.wait_for_text("#invoice-list", "INV-000001").await;
+    assert!(row.contains("$25.00") && row.contains("Open"), "{row}");
+    browser.screenshots("31-invoice-open").await;
+    for width in page_support::WIDTHS {
+        browser.set_viewport(width, 900).await;
+        assert!(
+            !browser.overflows_horizontally().await,
+            "the invoice list scrolls sideways at {width} px"
+        );
+    }
+    browser.set_viewport(page_support::WIDTHS[0], 900).await;
+
+    // Past the terms: refused over the API, and the page says why.
+    server.clock.advance(time::Duration::days(15));
+    assert_eq!(
+        server.usage("bigco", "export", 1, "x2").await.0,
+        reqwest::StatusCode::PAYMENT_REQUIRED
+    );
+    open_page(browser, &server, "bigco").await;
+    browser.wait_for_text("#invoice-overdue", "usage is paused").await;
+    browser.wait_for_text("#invoice-list", "Overdue").await;
+    browser.screenshots("32-invoice-overdue").await;
+
+    // The document opens from the list, for this account only.
+    let href = browser
+        .attr("#invoice-list a.invoice-number", "href")
+        .await
+        .expect("a link");
+    let url = if href.starts_with('/') {
+        server.url(&href)
+    } else {
+        href.clone()
+    };
+    browser.goto(&url).await;
+    browser.wait_for_text("body", "Amount due").await;
+    assert!(browser.body_text().await.contains("INV-000001"));
+    browser.screenshots("33-invoice-document").await;
+
+    let invoice_id = href.rsplit('/').next().unwrap().to_owned();
+    let (status, paid) = server
+        .post(
+            &format!("/v1/invoices/{invoice_id}/mark_paid"),
+            serde_json::json!({"reference": "WIRE-1"}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{paid}");
+    open_page(browser, &server, "bigco").await;
+    browser.wait_for_text("#invoice-list", "Paid").await;
+    assert!(!browser.exists("#invoice-overdue").await);
+    browser
+        .wait_for_text("#credit-used-text", "$0.00 of $100.00 credit used")
+        .await;
+    browser.screenshots("34-invoice-paid").await;
+    server.assert_ledger_clean().await;
+}
+
 /// Both widths fit without sideways scrolling, and the page works by keyboard alone.
 async fn layout_and_keyboard(browser: &Browser) {
     for width in page_support::WIDTHS {
@@ -529,6 +626,8 @@ async fn the_billing_page_in_headless_chromium() {
     step("contact sales");
     refused_links(&browser).await;
     step("refused links");
+    invoice_billing(&browser).await;
+    step("invoice billing");
     server.assert_ledger_clean().await;
     browser.close().await;
     eprintln!(

@@ -487,3 +487,30 @@ pub(crate) async fn receipt(
     );
     Ok(response)
 }
+
+/// `GET /billing/invoices/{invoice_id}`: one of this account's invoices (HTML, or PDF
+/// where asked).
+pub(crate) async fn invoice(
+    State(state): State<AppState>,
+    session: PortalSession,
+    Path(invoice_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, PageError> {
+    let record = state
+        .store()
+        .invoice(&invoice_id)
+        .await
+        .map_err(|_| PageError::not_found())?;
+    if record.account != session.account {
+        // Another account's invoice does not exist, as far as this session knows.
+        return Err(PageError::not_found());
+    }
+    let mut response = crate::api::invoices::document_response(&state, &invoice_id, &headers).await?;
+    response.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'",
+        ),
+    );
+    Ok(response)
+}

@@ -66,6 +66,7 @@ pub fn router(state: AppState) -> Router {
         .route("/billing/topups", post(billing::buy_credits))
         .route("/billing/auto_recharge", post(billing::save_auto_recharge))
         .route("/billing/receipts/{topup_id}", get(billing::receipt))
+        .route("/billing/invoices/{invoice_id}", get(billing::invoice))
         .route("/static/{file}", get(assets::serve))
         .with_state(state)
         .layer(layers)

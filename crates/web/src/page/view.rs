@@ -594,6 +594,109 @@ pub(crate) struct BillingView {
     pub transactions: TransactionsView,
     /// This cycle's daily spend.
     pub chart: ChartView,
+    /// Invoice billing: credit used, and the invoices (invoice accounts, or any with invoices).
+    pub invoicing: Option<InvoicingView>,
+}
+
+/// How many invoices the page lists (newest first).
+pub(crate) const INVOICES_ON_PAGE: u32 = 12;
+
+/// The Invoices block.
+#[derive(Debug)]
+pub(crate) struct InvoicingView {
+    /// The account is billed by invoice now.
+    pub invoice_mode: bool,
+    /// What the account owes: `-balance` when below zero.
+    pub credit_used: String,
+    /// How far below zero it may go.
+    pub credit_limit: Option<String>,
+    /// Share of the limit used, 0–100, for the meter.
+    pub used_percent: u8,
+    /// An open invoice is past its due date: usage is blocked.
+    pub overdue: bool,
+    /// Newest first.
+    pub invoices: Vec<InvoiceRow>,
+}
+
+/// One invoice in the list.
+#[derive(Debug)]
+pub(crate) struct InvoiceRow {
+    pub number: String,
+    pub period: String,
+    pub amount_due: String,
+    pub status: &'static str,
+    pub status_label: &'static str,
+    pub due: String,
+    pub document_url: String,
+}
+
+fn short_day(at: tollgate_core::Timestamp) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{} {} {}",
+        at.day(),
+        MONTHS[usize::from(u8::from(at.month())) - 1],
+        at.year()
+    )
+}
+
+impl InvoicingView {
+    /// The block, or `None` for a prepaid account that never had an invoice.
+    pub(crate) fn of(
+        record: &tollgate_store::AccountRecord,
+        invoices: &[tollgate_store::InvoiceRecord],
+        now: tollgate_core::Timestamp,
+    ) -> Option<InvoicingView> {
+        let limit = record.mode.credit_limit();
+        let invoice_mode = matches!(record.mode, tollgate_core::BillingMode::Invoice { .. });
+        if !invoice_mode && invoices.is_empty() {
+            return None;
+        }
+        let used = record
+            .balances
+            .available
+            .checked_neg()
+            .unwrap_or(Micros::MAX)
+            .max(Micros::ZERO);
+        // Integer percent of the limit, capped: no floats near money.
+        let used_percent = if limit.is_positive() {
+            let share = i128::from(used.get()) * 100 / i128::from(limit.get());
+            u8::try_from(share.clamp(0, 100)).unwrap_or(100)
+        } else {
+            0
+        };
+        Some(InvoicingView {
+            invoice_mode,
+            credit_used: format_usd(used),
+            credit_limit: invoice_mode.then(|| format_usd(limit)),
+            used_percent,
+            overdue: tollgate_core::invoice::is_overdue(record.invoice_due_at, now),
+            invoices: invoices
+                .iter()
+                .map(|invoice| {
+                    let last_day = invoice.period.end - time::Duration::microseconds(1);
+                    let overdue =
+                        invoice.status == tollgate_core::InvoiceStatus::Open && invoice.due_at <= now;
+                    InvoiceRow {
+                        number: invoice.number.to_string(),
+                        period: format!("{} – {}", short_day(invoice.period.start), short_day(last_day)),
+                        amount_due: format_usd(invoice.totals.amount_due),
+                        status: if overdue { "overdue" } else { invoice.status.code() },
+                        status_label: match (invoice.status, overdue) {
+                            (_, true) => "Overdue",
+                            (tollgate_core::InvoiceStatus::Open, false) => "Open",
+                            (tollgate_core::InvoiceStatus::Paid, _) => "Paid",
+                            (tollgate_core::InvoiceStatus::Void, _) => "Void",
+                        },
+                        due: short_day(invoice.due_at),
+                        document_url: format!("/billing/invoices/{}", invoice.id),
+                    }
+                })
+                .collect(),
+        })
+    }
 }
 
 /// What a request asks to see beyond the defaults.
@@ -776,6 +879,11 @@ pub(crate) async fn build(
         .map(|billing| billing.settings().topup_limits)
         .unwrap_or_default();
     let balance = crate::api::json::total(record.balances)?;
+    let invoices = store
+        .invoices(&session.account, PageRequest::new(INVOICES_ON_PAGE, None))
+        .await?
+        .data;
+    let invoicing = InvoicingView::of(&record, &invoices, now);
     Ok(BillingView {
         assets: urls(),
         account_name: record.name.clone(),
@@ -793,6 +901,7 @@ pub(crate) async fn build(
         spend: spend_view(&summary, &list, current)?,
         tiers: tier_browser(&list, current, options.tier, &names),
         contact_sales_url: summary.contact_sales_url.clone(),
+        invoicing,
         transactions: TransactionsView {
             older: page
                 .has_more
