@@ -104,6 +104,37 @@ pub(crate) struct AutoTopupFacts {
     pub status: String,
 }
 
+/// Reads one [`InvoiceFacts`] per invoice (both backends run it as it is).
+pub(crate) const INVOICE_FACTS_SQL: &str = "SELECT i.id, i.number, i.status, i.amount_due_micros, i.subtotal_micros, \
+     i.credit_applied_micros, i.brought_forward_micros, i.carried_forward_micros, i.paid_by, j.available_amount_micros, \
+     CAST((SELECT COALESCE(SUM(l.amount_micros), 0) FROM invoice_lines l WHERE l.invoice_id = i.id) AS BIGINT) \
+     FROM invoices i LEFT JOIN journal_transactions j ON j.id = i.paid_transaction_id ORDER BY i.number";
+
+/// Reads the invoice count, the largest number and the counter.
+pub(crate) const INVOICE_NUMBERS_SQL: &str = "SELECT CAST(COUNT(*) AS BIGINT), CAST(COALESCE(MAX(number), 0) AS BIGINT), \
+     (SELECT last_number FROM invoice_numbers) FROM invoices";
+
+/// Reads, per account, the stored due date and the oldest open invoice's.
+pub(crate) const INVOICE_DUE_SQL: &str = "SELECT a.id, a.invoice_due_at, \
+     (SELECT MIN(i.due_at) FROM invoices i WHERE i.account_id = a.id AND i.status = 'open') FROM accounts a";
+
+/// One invoice's stored totals and what paid it.
+pub(crate) struct InvoiceFacts {
+    pub id: String,
+    pub number: i64,
+    pub status: String,
+    pub amount_due: i64,
+    pub subtotal: i64,
+    pub credit_applied: i64,
+    pub brought_forward: i64,
+    pub carried_forward: i64,
+    pub paid_by: Option<String>,
+    /// The available-balance change of the transaction that paid it, if any.
+    pub paid_amount: Option<i64>,
+    /// The sum of its lines.
+    pub lines_total: i64,
+}
+
 /// Accumulates facts in the order: transfer sums, active holds, usage rows,
 /// journal rows (ordered by account, then sequence), accounts; rules and auto
 /// top-ups in any order.
@@ -290,6 +321,50 @@ impl LedgerCheck {
     }
 
     /// An account's Auto Top-Up rule.
+    /// An invoice: its totals add up, and it is paid exactly when its payment is in the ledger.
+    pub fn invoice(&mut self, invoice: InvoiceFacts) {
+        let id = &invoice.id;
+        if invoice.lines_total != invoice.subtotal {
+            self.problem(format!("invoice {id}: lines do not sum to the subtotal"));
+        }
+        if invoice.subtotal - invoice.credit_applied + invoice.brought_forward
+            != invoice.amount_due + invoice.carried_forward
+        {
+            self.problem(format!("invoice {id}: totals do not add up"));
+        }
+        let consistent = match (invoice.status.as_str(), invoice.paid_by.as_deref()) {
+            ("open", None) => invoice.amount_due > 0 && invoice.paid_amount.is_none(),
+            ("paid", Some("credit")) => invoice.amount_due == 0 && invoice.paid_amount.is_none(),
+            ("paid", Some("card" | "bank_transfer")) => invoice.paid_amount == Some(invoice.amount_due),
+            ("void", None) => invoice.paid_amount.is_none(),
+            _ => false,
+        };
+        if !consistent {
+            self.problem(format!(
+                "invoice {id} (number {}): status {} does not match its payment",
+                invoice.number, invoice.status
+            ));
+        }
+    }
+
+    /// Invoice numbers run 1..=count without gaps, up to the counter.
+    pub fn invoice_numbers(&mut self, count: i64, largest: i64, counter: i64) {
+        if largest != count || counter != count {
+            self.problem(format!(
+                "invoice numbers have gaps: {count} invoices, largest number {largest}, counter at {counter}"
+            ));
+        }
+    }
+
+    /// An account's stored due date is its oldest open invoice's.
+    pub fn invoice_due(&mut self, account: &str, stored: Option<i64>, oldest_open: Option<i64>) {
+        if stored != oldest_open {
+            self.problem(format!(
+                "account {account}: stored invoice due date differs from its oldest open invoice's"
+            ));
+        }
+    }
+
     pub fn recharge_rule(&mut self, rule: RechargeRuleFacts) {
         self.recharge_rules.insert(rule.account.clone(), rule);
     }
@@ -576,5 +651,66 @@ mod tests {
                 .iter()
                 .any(|problem| problem.contains("unknown account `ghost`"))
         );
+    }
+
+    fn invoice(
+        status: &str,
+        paid_by: Option<&str>,
+        amount_due: i64,
+        paid_amount: Option<i64>,
+    ) -> InvoiceFacts {
+        InvoiceFacts {
+            id: "inv_1".to_owned(),
+            number: 1,
+            status: status.to_owned(),
+            amount_due,
+            subtotal: amount_due + 500,
+            credit_applied: 0,
+            brought_forward: 0,
+            carried_forward: 500,
+            paid_by: paid_by.map(str::to_owned),
+            paid_amount,
+            lines_total: amount_due + 500,
+        }
+    }
+
+    fn problems_of(facts: InvoiceFacts) -> Vec<String> {
+        let mut check = LedgerCheck::default();
+        check.invoice(facts);
+        check.finish().problems
+    }
+
+    #[test]
+    fn invoices_are_paid_exactly_when_the_ledger_says_so() {
+        assert!(problems_of(invoice("open", None, 10_000, None)).is_empty());
+        assert!(problems_of(invoice("paid", Some("bank_transfer"), 10_000, Some(10_000))).is_empty());
+        assert!(problems_of(invoice("paid", Some("card"), 10_000, Some(10_000))).is_empty());
+        assert!(problems_of(invoice("paid", Some("credit"), 0, None)).is_empty());
+        // Paid without the money, the wrong money, or open with money received: each a problem.
+        assert_eq!(problems_of(invoice("paid", Some("card"), 10_000, None)).len(), 1);
+        assert_eq!(
+            problems_of(invoice("paid", Some("bank_transfer"), 10_000, Some(9_999))).len(),
+            1
+        );
+        assert_eq!(problems_of(invoice("open", None, 10_000, Some(10_000))).len(), 1);
+        assert_eq!(problems_of(invoice("open", None, 0, None)).len(), 1);
+        let mut unbalanced = invoice("open", None, 10_000, None);
+        unbalanced.lines_total += 1;
+        unbalanced.carried_forward += 1;
+        assert_eq!(problems_of(unbalanced).len(), 2);
+    }
+
+    #[test]
+    fn invoice_numbers_without_gaps() {
+        let mut check = LedgerCheck::default();
+        check.invoice_numbers(3, 3, 3);
+        check.invoice_numbers(0, 0, 0);
+        check.invoice_due("acme", Some(5), Some(5));
+        assert!(check.finish().problems.is_empty());
+        let mut check = LedgerCheck::default();
+        check.invoice_numbers(3, 4, 4);
+        check.invoice_numbers(3, 3, 4);
+        check.invoice_due("acme", None, Some(5));
+        assert_eq!(check.finish().problems.len(), 3);
     }
 }

@@ -355,4 +355,6 @@ async fn prepaid_funds_are_credited_and_an_empty_period_has_no_invoice() {
     clock.set(datetime!(2026-12-16 00:00 UTC));
     let next = store.close_due_invoices(100).await.unwrap();
     assert_eq!(numbers(&next), vec![2]);
+    let report = store.verify_ledger().await.unwrap();
+    assert!(report.is_clean(), "{report:?}");
 }

@@ -6,7 +6,8 @@ use tokio_postgres::Transaction;
 use super::PgResult;
 use crate::LedgerReport;
 use crate::invariants::{
-    AccountFacts, AutoTopupFacts, JournalFacts, LedgerCheck, RechargeRuleFacts, TopupFacts, UsageFacts,
+    AccountFacts, AutoTopupFacts, INVOICE_DUE_SQL, INVOICE_FACTS_SQL, INVOICE_NUMBERS_SQL, InvoiceFacts,
+    JournalFacts, LedgerCheck, RechargeRuleFacts, TopupFacts, UsageFacts,
 };
 
 /// Checks every invariant; problems are collected, never fixed.
@@ -176,6 +177,27 @@ pub async fn verify(tx: &Transaction<'_>) -> PgResult<LedgerReport> {
             sequence: row.try_get(2)?,
             status: row.try_get(3)?,
         });
+    }
+    for row in tx.query(INVOICE_FACTS_SQL, &[]).await? {
+        check.invoice(InvoiceFacts {
+            id: row.try_get(0)?,
+            number: row.try_get(1)?,
+            status: row.try_get(2)?,
+            amount_due: row.try_get(3)?,
+            subtotal: row.try_get(4)?,
+            credit_applied: row.try_get(5)?,
+            brought_forward: row.try_get(6)?,
+            carried_forward: row.try_get(7)?,
+            paid_by: row.try_get(8)?,
+            paid_amount: row.try_get(9)?,
+            lines_total: row.try_get(10)?,
+        });
+    }
+    let numbers = tx.query_one(INVOICE_NUMBERS_SQL, &[]).await?;
+    check.invoice_numbers(numbers.try_get(0)?, numbers.try_get(1)?, numbers.try_get(2)?);
+    for row in tx.query(INVOICE_DUE_SQL, &[]).await? {
+        let account: String = row.try_get(0)?;
+        check.invoice_due(&account, row.try_get(1)?, row.try_get(2)?);
     }
     Ok(check.finish())
 }

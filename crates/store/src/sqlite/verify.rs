@@ -5,7 +5,8 @@ use rusqlite::{Connection, params};
 
 use super::StoreRules;
 use crate::invariants::{
-    AccountFacts, AutoTopupFacts, JournalFacts, LedgerCheck, RechargeRuleFacts, TopupFacts, UsageFacts,
+    AccountFacts, AutoTopupFacts, INVOICE_DUE_SQL, INVOICE_FACTS_SQL, INVOICE_NUMBERS_SQL, InvoiceFacts,
+    JournalFacts, LedgerCheck, RechargeRuleFacts, TopupFacts, UsageFacts,
 };
 use crate::{LedgerReport, StoreResult};
 
@@ -158,6 +159,34 @@ fn verify_in_snapshot(connection: &Connection) -> StoreResult<LedgerReport> {
             sequence: row.get(2)?,
             status: row.get(3)?,
         });
+    }
+    let mut statement = connection.prepare(INVOICE_FACTS_SQL)?;
+    let mut rows = statement.query(params![])?;
+    while let Some(row) = rows.next()? {
+        check.invoice(InvoiceFacts {
+            id: row.get(0)?,
+            number: row.get(1)?,
+            status: row.get(2)?,
+            amount_due: row.get(3)?,
+            subtotal: row.get(4)?,
+            credit_applied: row.get(5)?,
+            brought_forward: row.get(6)?,
+            carried_forward: row.get(7)?,
+            paid_by: row.get(8)?,
+            paid_amount: row.get(9)?,
+            lines_total: row.get(10)?,
+        });
+    }
+    let (count, largest, counter): (i64, i64, i64) =
+        connection.query_row(INVOICE_NUMBERS_SQL, params![], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })?;
+    check.invoice_numbers(count, largest, counter);
+    let mut statement = connection.prepare(INVOICE_DUE_SQL)?;
+    let mut rows = statement.query(params![])?;
+    while let Some(row) = rows.next()? {
+        let account: String = row.get(0)?;
+        check.invoice_due(&account, row.get(1)?, row.get(2)?);
     }
     Ok(check.finish())
 }
