@@ -4,6 +4,9 @@
 //! process killed with SIGKILL mid-run. Only the database keeps them
 //! consistent: exactly `FITS` charges, one per key, no overdraft, and
 //! `tollgate ledger verify` is clean. Needs PostgreSQL (scripts/test starts it).
+//!
+//! And one process on the embedded SQLite store, killed with SIGKILL under load and
+//! started again: every acknowledged charge is there exactly once.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -644,5 +647,159 @@ async fn a_crash_between_the_charge_and_the_credit_is_recovered_after_restart_wi
         verified.status.success(),
         "{}",
         String::from_utf8_lossy(&verified.stdout)
+    );
+}
+
+/// Accounts the SQLite crash run spreads its charges over.
+const CRASH_ACCOUNTS: usize = 20;
+/// Keys the SQLite crash run sends before and after the kill.
+const CRASH_KEYS: usize = 1_200;
+
+/// One `tollgate serve` on the embedded SQLite store, loaded by 32 clients, killed with
+/// SIGKILL mid-run and started again on the same file: every charge that was acknowledged
+/// is in the ledger exactly once (its key replays the same charge), every key ever sent is
+/// charged at most once, the balances equal the charges, and `tollgate ledger verify` is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_acknowledged_charges_survive_a_sigkill_exactly_once() {
+    let database = TestDatabase::of(Backend::Sqlite);
+    let url = database.url().to_owned();
+    let server = start(&url);
+    let client = reqwest::Client::new();
+    for index in 0..CRASH_ACCOUNTS {
+        let id = format!("acct{index}");
+        let created = client
+            .post(format!("{}/v1/accounts", server.url))
+            .bearer_auth(KEY)
+            .json(&json!({"id": id, "name": id, "email": "billing@example.test"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status().as_u16(), 201);
+        let funded = client
+            .post(format!("{}/v1/accounts/{id}/grants", server.url))
+            .bearer_auth(KEY)
+            .json(&json!({"amount": "1000.00", "reason": "funding"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(funded.status().as_u16(), 201);
+    }
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let base = Arc::new(server.url.clone());
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let (next, base, client) = (next.clone(), base.clone(), client.clone());
+            tokio::spawn(async move {
+                // (key, account, charge id when acknowledged)
+                let mut sent: Vec<(String, String, Option<String>)> = Vec::new();
+                loop {
+                    let index = next.fetch_add(1, Ordering::SeqCst);
+                    if index >= CRASH_KEYS {
+                        break sent;
+                    }
+                    let (key, account) = (
+                        format!("crash-{index}"),
+                        format!("acct{}", index % CRASH_ACCOUNTS),
+                    );
+                    let answer = client
+                        .post(format!("{base}/v1/accounts/{account}/usage"))
+                        .bearer_auth(KEY)
+                        .json(&json!({"action": "email_finder", "quantity": 1, "idempotency_key": key}))
+                        .send()
+                        .await;
+                    let acknowledged = match answer {
+                        Ok(response) if response.status().as_u16() == 200 => response
+                            .json::<Value>()
+                            .await
+                            .ok()
+                            .and_then(|body| body["id"].as_str().map(str::to_owned)),
+                        // Killed: this one and everything after it are unanswered.
+                        _ => {
+                            sent.push((key, account, None));
+                            break sent;
+                        }
+                    };
+                    sent.push((key, account, acknowledged));
+                }
+            })
+        })
+        .collect();
+    while next.load(Ordering::SeqCst) < CRASH_KEYS / 3 {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let mut server = server;
+    server.child.kill().expect("SIGKILL the server");
+    let _ = server.child.wait();
+    let mut sent = Vec::new();
+    for task in tasks {
+        sent.extend(task.await.unwrap());
+    }
+    let acknowledged = sent.iter().filter(|(_, _, id)| id.is_some()).count();
+    assert!(
+        acknowledged > 0,
+        "the kill came before any charge was acknowledged"
+    );
+    assert!(sent.len() < CRASH_KEYS, "the kill came after the run");
+
+    // Started again on the same file: every key sent, sent again.
+    let restarted = start(&url);
+    for (key, account, acknowledged) in &sent {
+        let body: Value = client
+            .post(format!("{}/v1/accounts/{account}/usage", restarted.url))
+            .bearer_auth(KEY)
+            .json(&json!({"action": "email_finder", "quantity": 1, "idempotency_key": key}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(id) = acknowledged {
+            assert_eq!(body["replayed"], true, "acknowledged {key} was lost: {body}");
+            assert_eq!(body["id"].as_str(), Some(id.as_str()), "{key} charged twice");
+        }
+    }
+    // Now every key sent is charged: each exactly once, and the balances say so.
+    let mut usage_lines = 0;
+    for index in 0..CRASH_ACCOUNTS {
+        let id = format!("acct{index}");
+        let mut starting_after: Option<String> = None;
+        loop {
+            let mut page_url = format!("{}/v1/accounts/{id}/transactions?limit=100", restarted.url);
+            if let Some(cursor) = &starting_after {
+                page_url.push_str(&format!("&starting_after={cursor}"));
+            }
+            let page: Value = client
+                .get(page_url)
+                .bearer_auth(KEY)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let data = page["data"].as_array().unwrap();
+            usage_lines += data.iter().filter(|line| line["type"] == "usage").count();
+            if page["has_more"] != true {
+                break;
+            }
+            starting_after = data
+                .last()
+                .and_then(|line| line["id"].as_str())
+                .map(str::to_owned);
+        }
+    }
+    assert_eq!(usage_lines, sent.len(), "one charge per key sent, no more");
+    drop(restarted);
+    let verified = tollgate(&url)
+        .args(["ledger", "verify"])
+        .output()
+        .expect("verify runs");
+    let report = String::from_utf8_lossy(&verified.stdout).into_owned();
+    assert!(verified.status.success(), "ledger verify failed: {report}");
+    println!(
+        "{acknowledged} of {} charges acknowledged before the SIGKILL; {report}",
+        sent.len()
     );
 }

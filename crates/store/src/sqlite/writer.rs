@@ -53,15 +53,20 @@ pub fn in_savepoint<T>(
             "the group transaction was rolled back by an earlier error; nothing was written".to_owned(),
         ));
     }
-    connection.execute_batch(&format!("SAVEPOINT {name}"))?;
+    // Cached statements: a savepoint per job is on the hot path.
+    let run = |sql: String| -> StoreResult<()> {
+        connection.prepare_cached(&sql)?.execute([])?;
+        Ok(())
+    };
+    run(format!("SAVEPOINT {name}"))?;
     let result = match catch_unwind(AssertUnwindSafe(operation)) {
         Ok(result) => result,
         Err(_) => Err(StoreError::Database("a store operation panicked".to_owned())),
     };
-    match &result {
-        Ok(_) => connection.execute_batch(&format!("RELEASE {name}"))?,
-        Err(_) => connection.execute_batch(&format!("ROLLBACK TO {name}; RELEASE {name}"))?,
+    if result.is_err() {
+        run(format!("ROLLBACK TO {name}"))?;
     }
+    run(format!("RELEASE {name}"))?;
     result
 }
 
