@@ -268,10 +268,8 @@ async fn record_usage<C: GenericClient + Sync>(
     )
     .await?;
     let quote = &decision.quote;
-    let tier_before = account
-        .record
-        .spend
-        .current_tier(&context.rules.price_book, context.rules.tier_basis);
+    // The charge was priced at the tier it started from.
+    let tier_before = quote.tier;
     account
         .record
         .spend

@@ -222,10 +222,8 @@ fn record_usage(
         },
     )?;
     let quote = &decision.quote;
-    let tier_before = account
-        .record
-        .spend
-        .current_tier(&context.rules.price_book, context.rules.tier_basis);
+    // The charge was priced at the tier it started from.
+    let tier_before = quote.tier;
     account
         .record
         .spend
