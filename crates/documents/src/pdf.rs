@@ -22,17 +22,6 @@ const AMOUNT_COLUMN: f32 = 140.0;
 /// [`DocumentError::Pdf`] when the PDF writer fails to encode the page.
 pub fn render_receipt_pdf(receipt: &Receipt) -> Result<Vec<u8>, DocumentError> {
     let summary = Summary::of(receipt);
-    let mut page = Page::default();
-    let mut y = PAGE_HEIGHT - 64.0;
-
-    page.text(ISSUER, LEFT, y, RIGHT - LEFT, &receipt.issuer_name);
-    y -= 38.0;
-    page.text(TITLE, LEFT, y, RIGHT - LEFT, "Receipt");
-    if let Some(refund) = &summary.refund {
-        page.text_right(STATUS, y, refund.status);
-    }
-    y -= 36.0;
-
     let mut meta = vec![
         ("Receipt number", receipt.receipt_number.clone()),
         ("Date paid", summary.paid_at.clone()),
@@ -43,25 +32,14 @@ pub fn render_receipt_pdf(receipt: &Receipt) -> Result<Vec<u8>, DocumentError> {
     if let Some(reference) = &receipt.payment_reference {
         meta.push(("Payment reference", reference.clone()));
     }
-    for (label, value) in meta {
-        page.text(LABEL, LEFT, y, VALUE_X - LEFT, label);
-        page.text(BODY, VALUE_X, y, RIGHT - VALUE_X, &value);
-        y -= 16.0;
-    }
-    y -= 18.0;
-
-    page.text(LABEL, LEFT, y, RIGHT - LEFT, "BILLED TO");
-    y -= 16.0;
-    let account = format!("Account {}", receipt.account_id);
-    for line in [
-        receipt.account_name.as_str(),
-        receipt.account_email.as_str(),
-        account.as_str(),
-    ] {
-        page.text(BODY, LEFT, y, RIGHT - LEFT, line);
-        y -= 15.0;
-    }
-    y -= 22.0;
+    let mut page = Page::default();
+    let mut y = page.head(
+        &receipt.issuer_name,
+        "Receipt",
+        summary.refund.as_ref().map(|refund| refund.status),
+        &meta,
+        [&receipt.account_name, &receipt.account_email, &receipt.account_id],
+    );
 
     page.text(LABEL, LEFT, y, RIGHT - LEFT - AMOUNT_COLUMN, "DESCRIPTION");
     page.text_right(LABEL, y, "AMOUNT");
@@ -108,13 +86,6 @@ const INVOICE_PAGE_LINES: usize = 28;
 /// [`DocumentError::Pdf`] when the PDF writer fails to encode the page.
 pub fn render_invoice_pdf(invoice: &Invoice) -> Result<Vec<u8>, DocumentError> {
     let view = InvoiceView::of(invoice);
-    let mut page = Page::default();
-    let mut y = PAGE_HEIGHT - 64.0;
-    page.text(ISSUER, LEFT, y, RIGHT - LEFT, &view.issuer_name);
-    y -= 38.0;
-    page.text(TITLE, LEFT, y, RIGHT - LEFT, "Invoice");
-    page.text_right(STATUS, y, &view.status);
-    y -= 36.0;
     let mut meta = vec![
         ("Invoice number", view.number.clone()),
         ("Period", view.period.clone()),
@@ -124,24 +95,14 @@ pub fn render_invoice_pdf(invoice: &Invoice) -> Result<Vec<u8>, DocumentError> {
     if let Some(paid) = &view.paid_line {
         meta.push(("Paid", paid.clone()));
     }
-    for (label, value) in meta {
-        page.text(LABEL, LEFT, y, VALUE_X - LEFT, label);
-        page.text(BODY, VALUE_X, y, RIGHT - VALUE_X, &value);
-        y -= 16.0;
-    }
-    y -= 18.0;
-    page.text(LABEL, LEFT, y, RIGHT - LEFT, "BILLED TO");
-    y -= 16.0;
-    let account = format!("Account {}", view.account_id);
-    for line in [
-        view.account_name.as_str(),
-        view.account_email.as_str(),
-        account.as_str(),
-    ] {
-        page.text(BODY, LEFT, y, RIGHT - LEFT, line);
-        y -= 15.0;
-    }
-    y -= 22.0;
+    let mut page = Page::default();
+    let mut y = page.head(
+        &view.issuer_name,
+        "Invoice",
+        Some(&view.status),
+        &meta,
+        [&view.account_name, &view.account_email, &view.account_id],
+    );
 
     const QUANTITY_RIGHT: f32 = RIGHT - 190.0;
     const PRICE_RIGHT: f32 = RIGHT - 95.0;
@@ -299,6 +260,42 @@ struct Page {
 }
 
 impl Page {
+    /// The top of a document: issuer, title (with a status at the right), the facts as
+    /// label/value rows, and who is billed (name, email, account id). Returns where the
+    /// body starts.
+    fn head(
+        &mut self,
+        issuer: &str,
+        title: &str,
+        status: Option<&str>,
+        meta: &[(&str, String)],
+        billed_to: [&str; 3],
+    ) -> f32 {
+        let mut y = PAGE_HEIGHT - 64.0;
+        self.text(ISSUER, LEFT, y, RIGHT - LEFT, issuer);
+        y -= 38.0;
+        self.text(TITLE, LEFT, y, RIGHT - LEFT, title);
+        if let Some(status) = status {
+            self.text_right(STATUS, y, status);
+        }
+        y -= 36.0;
+        for (label, value) in meta {
+            self.text(LABEL, LEFT, y, VALUE_X - LEFT, label);
+            self.text(BODY, VALUE_X, y, RIGHT - VALUE_X, value);
+            y -= 16.0;
+        }
+        y -= 18.0;
+        self.text(LABEL, LEFT, y, RIGHT - LEFT, "BILLED TO");
+        y -= 16.0;
+        let [name, email, account_id] = billed_to;
+        let account = format!("Account {account_id}");
+        for line in [name, email, account.as_str()] {
+            self.text(BODY, LEFT, y, RIGHT - LEFT, line);
+            y -= 15.0;
+        }
+        y - 22.0
+    }
+
     /// Left-aligned text, cut with "..." rather than run off the page or into the next column.
     fn text(&mut self, style: Style, x: f32, y: f32, max_width: f32, text: &str) {
         let mut bytes = win_ansi(text);

@@ -2,13 +2,12 @@
 //! invoice (JSON, or its document as HTML or PDF), paying it with the saved card, and
 //! marking it paid by bank transfer.
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
-use tollgate_billing::ReceiptFormat;
 use tollgate_store::{InvoiceRecord, MarkPaid};
 use utoipa::ToSchema;
 
@@ -197,15 +196,7 @@ pub(crate) async fn document_response(
     invoice_id: &str,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let wants_pdf = headers
-        .get(header::ACCEPT)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|accept| accept.contains("application/pdf"));
-    let (format, content_type) = if wants_pdf {
-        (ReceiptFormat::Pdf, "application/pdf")
-    } else {
-        (ReceiptFormat::Html, "text/html; charset=utf-8")
-    };
+    let (format, content_type) = crate::api::document::wanted_format(headers);
     let bytes = match state.billing() {
         Some(billing) => billing.invoice_document(invoice_id, format).await?,
         // Without card payments there is no merchant name configured: the product's own.
@@ -213,17 +204,7 @@ pub(crate) async fn document_response(
             tollgate_billing::invoice_document(state.store().as_ref(), "Tollgate", invoice_id, format).await?
         }
     };
-    Ok((
-        [
-            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
-            (
-                header::CACHE_CONTROL,
-                HeaderValue::from_static("private, no-store"),
-            ),
-        ],
-        Body::from(bytes),
-    )
-        .into_response())
+    Ok(crate::api::document::document_response(bytes, content_type))
 }
 
 /// What `POST /v1/invoices/{id}/pay` came to.

@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod audit;
 pub mod auto_recharge;
 pub mod billing;
+pub(crate) mod document;
 pub mod events;
 pub mod holds;
 pub mod invoices;

@@ -4,14 +4,14 @@
 //! Every handler here only parses and renders: the flows (what is recorded before what
 //! is sent, how each outcome is learnt from the processor) live in `tollgate-billing`.
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Redirect, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tollgate_billing::{Billing, ReceiptFormat, TopupStart, WebhookOutcome};
+use tollgate_billing::{Billing, TopupStart, WebhookOutcome};
 use tollgate_core::{IdempotencyKey, Micros, TopupAmount};
 use tollgate_store::{CardRecord, RefundRecord, RefundRequest, TopupRecord};
 use utoipa::{IntoParams, ToSchema};
@@ -534,27 +534,9 @@ pub(crate) async fn receipt_response(
     topup_id: &str,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let wants_pdf = headers
-        .get(header::ACCEPT)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|accept| accept.contains("application/pdf"));
-    let (format, content_type) = if wants_pdf {
-        (ReceiptFormat::Pdf, "application/pdf")
-    } else {
-        (ReceiptFormat::Html, "text/html; charset=utf-8")
-    };
+    let (format, content_type) = crate::api::document::wanted_format(headers);
     let bytes = billing.receipt(topup_id, format).await?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
-            (
-                header::CACHE_CONTROL,
-                HeaderValue::from_static("private, no-store"),
-            ),
-        ],
-        Body::from(bytes),
-    )
-        .into_response())
+    Ok(crate::api::document::document_response(bytes, content_type))
 }
 
 /// Query of the browser's return from the hosted page.

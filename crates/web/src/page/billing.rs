@@ -477,15 +477,8 @@ pub(crate) async fn receipt(
         // Another account's top-up does not exist, as far as this session knows.
         return Err(PageError::not_found());
     }
-    let mut response = crate::api::payments::receipt_response(payments(&state)?, &topup_id, &headers).await?;
-    // The receipt is a standalone document with its own inline styles.
-    response.headers_mut().insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'",
-        ),
-    );
-    Ok(response)
+    let response = crate::api::payments::receipt_response(payments(&state)?, &topup_id, &headers).await?;
+    Ok(standalone_document(response))
 }
 
 /// `GET /billing/invoices/{invoice_id}`: one of this account's invoices (HTML, or PDF
@@ -505,12 +498,17 @@ pub(crate) async fn invoice(
         // Another account's invoice does not exist, as far as this session knows.
         return Err(PageError::not_found());
     }
-    let mut response = crate::api::invoices::document_response(&state, &invoice_id, &headers).await?;
+    let response = crate::api::invoices::document_response(&state, &invoice_id, &headers).await?;
+    Ok(standalone_document(response))
+}
+
+/// A receipt or invoice is a standalone document with its own inline styles: its own CSP.
+fn standalone_document(mut response: Response) -> Response {
     response.headers_mut().insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
             "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'",
         ),
     );
-    Ok(response)
+    response
 }

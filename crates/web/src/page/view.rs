@@ -39,6 +39,14 @@ pub(crate) fn date_time(at: Timestamp) -> String {
         .unwrap_or_else(|_| at.to_string())
 }
 
+/// `12 Nov 2026`.
+pub(crate) fn day_month_year(at: Timestamp) -> String {
+    let format = format_description!("[day padding:none] [month repr:short] [year]");
+    at.to_offset(time::UtcOffset::UTC)
+        .format(&format)
+        .unwrap_or_else(|_| at.to_string())
+}
+
 /// `12 Nov`.
 pub(crate) fn day_month(at: Timestamp) -> String {
     let format = format_description!("[day padding:none] [month repr:short]");
@@ -630,18 +638,6 @@ pub(crate) struct InvoiceRow {
     pub document_url: String,
 }
 
-fn short_day(at: tollgate_core::Timestamp) -> String {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    format!(
-        "{} {} {}",
-        at.day(),
-        MONTHS[usize::from(u8::from(at.month())) - 1],
-        at.year()
-    )
-}
-
 impl InvoicingView {
     /// The block, or `None` for a prepaid account that never had an invoice.
     pub(crate) fn of(
@@ -681,7 +677,11 @@ impl InvoicingView {
                         invoice.status == tollgate_core::InvoiceStatus::Open && invoice.due_at <= now;
                     InvoiceRow {
                         number: invoice.number.to_string(),
-                        period: format!("{} – {}", short_day(invoice.period.start), short_day(last_day)),
+                        period: format!(
+                            "{} – {}",
+                            day_month_year(invoice.period.start),
+                            day_month_year(last_day)
+                        ),
                         amount_due: format_usd(invoice.totals.amount_due),
                         status: if overdue { "overdue" } else { invoice.status.code() },
                         status_label: match (invoice.status, overdue) {
@@ -690,7 +690,7 @@ impl InvoicingView {
                             (tollgate_core::InvoiceStatus::Paid, _) => "Paid",
                             (tollgate_core::InvoiceStatus::Void, _) => "Void",
                         },
-                        due: short_day(invoice.due_at),
+                        due: day_month_year(invoice.due_at),
                         document_url: format!("/billing/invoices/{}", invoice.id),
                     }
                 })
