@@ -17,8 +17,8 @@ use super::ops::{self, Context, JournalWrite, load_for_write};
 use super::{PgResult, events, rows};
 use crate::decide::not_found;
 use crate::invoices::{
-    InvoiceDraft, PeriodChange, PeriodCharge, card_description, created_events, draft_invoice, invoice_event,
-    mark_paid_audit, stored_number, transfer_description,
+    InvoiceDraft, PeriodChange, PeriodCharge, created_events, draft_invoice, invoice_event, mark_paid_audit,
+    stored_number, transfer_description,
 };
 use crate::plan::net_terms;
 use crate::{
@@ -496,7 +496,10 @@ pub async fn attach_topup<C: GenericClient + Sync>(
 }
 
 /// The open invoice a card top-up pays, if any.
-async fn paid_by_topup<C: GenericClient + Sync>(client: &C, topup: &str) -> PgResult<Option<InvoiceRecord>> {
+pub async fn paid_by_topup<C: GenericClient + Sync>(
+    client: &C,
+    topup: &str,
+) -> PgResult<Option<InvoiceRecord>> {
     match client
         .query_opt(
             "SELECT id FROM invoices WHERE card_topup_id = $1 AND status = 'open'",
@@ -509,34 +512,23 @@ async fn paid_by_topup<C: GenericClient + Sync>(client: &C, topup: &str) -> PgRe
     }
 }
 
-/// The journal text of a top-up's credit when it pays an invoice.
-pub async fn card_payment_description<C: GenericClient + Sync>(
-    client: &C,
-    topup: &str,
-) -> PgResult<Option<String>> {
-    Ok(paid_by_topup(client, topup)
-        .await?
-        .map(|invoice| card_description(invoice.number)))
-}
-
-/// After a card top-up's credit (under the account's lock): the invoice it pays, if still
-/// open, is paid in the same transaction.
-pub async fn after_card_credit<C: GenericClient + Sync>(
+/// Pays `invoice` with the card top-up whose credit is `transaction` (same transaction,
+/// under the account's lock).
+pub async fn pay_by_card<C: GenericClient + Sync>(
     client: &C,
     context: &Context<'_>,
+    invoice: &InvoiceRecord,
     topup: &str,
     transaction: &str,
 ) -> PgResult<()> {
-    if let Some(open) = paid_by_topup(client, topup).await? {
-        mark_paid_row(
-            client,
-            context,
-            &open,
-            InvoicePayment::Card,
-            Some(topup),
-            transaction,
-        )
-        .await?;
-    }
+    mark_paid_row(
+        client,
+        context,
+        invoice,
+        InvoicePayment::Card,
+        Some(topup),
+        transaction,
+    )
+    .await?;
     Ok(())
 }

@@ -25,6 +25,7 @@ use super::rows::{self, StoredAccount};
 use super::{invoices, recharge};
 use crate::decide::not_found;
 use crate::events::{card_changed, card_event, topup_event};
+use crate::invoices::card_description;
 use crate::payments::{
     DASHBOARD_REFUND_REASON, RecordedDispute, Settlement, attention_after, card_change_audit, check_link,
     check_replay, check_setup_owner, credit_description, customer_taken, decide_dispute, initial_status,
@@ -652,13 +653,16 @@ pub async fn settle_topup<C: GenericClient + Sync>(
     {
         ensure_reference_free(client, "payment_reference", "payment", payment, topup_id).await?;
     }
+    // A card payment of an invoice says so in the journal, and pays it below.
+    let mut paying = None;
     let credited = match settlement {
         Settlement::Unchanged => return Ok(topup),
         Settlement::Status => None,
         Settlement::Credit(journal) => {
-            // A card payment of an invoice says so in the journal, and pays it below.
-            let description = invoices::card_payment_description(client, &topup.id)
-                .await?
+            paying = invoices::paid_by_topup(client, &topup.id).await?;
+            let description = paying
+                .as_ref()
+                .map(|invoice| card_description(invoice.number))
                 .unwrap_or_else(|| credit_description(&topup));
             Some(
                 post(client, context, &topup.account, &journal, description, &topup.id)
@@ -693,8 +697,8 @@ pub async fn settle_topup<C: GenericClient + Sync>(
         // Unreachable under the row lock; refusing keeps the money where it is.
         return Err(StoreError::Database(format!("top-up {topup_id} was settled concurrently")).into());
     }
-    if let Some(transaction) = &credited {
-        invoices::after_card_credit(client, context, &topup.id, transaction).await?;
+    if let (Some(invoice), Some(transaction)) = (&paying, &credited) {
+        invoices::pay_by_card(client, context, invoice, &topup.id, transaction).await?;
     }
     // An auto top-up's outcome resolves its rule, in the same transaction.
     recharge::after_settle(client, context, &topup, outcome).await?;

@@ -17,8 +17,8 @@ use super::writer::WriteContext;
 use super::{events, rows};
 use crate::decide::not_found;
 use crate::invoices::{
-    InvoiceDraft, PeriodChange, PeriodCharge, card_description, created_events, draft_invoice, invoice_event,
-    mark_paid_audit, stored_number, transfer_description,
+    InvoiceDraft, PeriodChange, PeriodCharge, created_events, draft_invoice, invoice_event, mark_paid_audit,
+    stored_number, transfer_description,
 };
 use crate::plan::net_terms;
 use crate::{
@@ -510,15 +510,12 @@ pub fn paid_by_topup(connection: &Connection, topup: &str) -> StoreResult<Option
     id.map(|id| invoice(connection, &id)).transpose()
 }
 
-/// The journal text of a top-up's credit when it pays an invoice.
-pub fn card_payment_description(connection: &Connection, topup: &str) -> StoreResult<Option<String>> {
-    Ok(paid_by_topup(connection, topup)?.map(|invoice| card_description(invoice.number)))
-}
-
-/// After a card top-up's credit: the invoice it pays (if still open) is paid, same transaction.
-pub fn after_card_credit(context: &WriteContext<'_>, topup: &str, transaction: &str) -> StoreResult<()> {
-    if let Some(open) = paid_by_topup(context.connection, topup)? {
-        mark_paid_row(context, &open, InvoicePayment::Card, Some(topup), transaction)?;
-    }
-    Ok(())
+/// Pays `invoice` with the card top-up whose credit is `transaction` (same transaction).
+pub fn pay_by_card(
+    context: &WriteContext<'_>,
+    invoice: &InvoiceRecord,
+    topup: &str,
+    transaction: &str,
+) -> StoreResult<()> {
+    mark_paid_row(context, invoice, InvoicePayment::Card, Some(topup), transaction).map(|_| ())
 }

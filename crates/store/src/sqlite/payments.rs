@@ -16,6 +16,7 @@ use super::writer::WriteContext;
 use super::{invoices, recharge};
 use crate::decide::not_found;
 use crate::events::{card_changed, card_event, topup_event};
+use crate::invoices::card_description;
 use crate::payments::{
     DASHBOARD_REFUND_REASON, RecordedDispute, Settlement, attention_after, card_change_audit, check_link,
     check_replay, check_setup_owner, credit_description, customer_taken, decide_dispute, initial_status,
@@ -546,12 +547,16 @@ pub fn settle_topup(
             topup_id,
         )?;
     }
+    // A card payment of an invoice says so in the journal, and pays it below.
+    let mut paying = None;
     let credited = match settlement {
         Settlement::Unchanged => return Ok(topup),
         Settlement::Status => None,
         Settlement::Credit(journal) => {
-            // A card payment of an invoice says so in the journal, and pays it below.
-            let description = invoices::card_payment_description(context.connection, &topup.id)?
+            paying = invoices::paid_by_topup(context.connection, &topup.id)?;
+            let description = paying
+                .as_ref()
+                .map(|invoice| card_description(invoice.number))
                 .unwrap_or_else(|| credit_description(&topup));
             Some(post(context, &topup.account, &journal, description, &topup.id)?.id)
         }
@@ -577,8 +582,8 @@ pub fn settle_topup(
             to_unix_micros(context.now),
             topup.succeeded_at.map(to_unix_micros),
         ])?;
-    if let Some(transaction) = &credited {
-        invoices::after_card_credit(context, &topup.id, transaction)?;
+    if let (Some(invoice), Some(transaction)) = (&paying, &credited) {
+        invoices::pay_by_card(context, invoice, &topup.id, transaction)?;
     }
     // An auto top-up's outcome resolves its rule, in the same transaction.
     recharge::after_settle(context, &topup, outcome)?;
