@@ -3,7 +3,8 @@
 //!
 //! One browser for the whole binary, the flows run in order in one test (a browser is
 //! the slow part to start); each flow leaves screenshots of its states at 1280 and
-//! 390 px under `$CARGO_TARGET_DIR/screenshots/` (or `target/screenshots/`).
+//! 390 px as `NAME-1280.png` / `NAME-390.png` under the workspace's
+//! `target/screenshots/` (whatever `CARGO_TARGET_DIR` is).
 
 mod common;
 mod page_support;
@@ -15,6 +16,10 @@ use serde_json::Value;
 use common::TestServer;
 use common::payments::{CARD_DECLINED, CARD_OK};
 use page_support::{Browser, portal_link};
+
+/// Stripe's Mastercard test number: the sandbox saves and charges it like 4242, so
+/// replacing the Visa with it shows a different brand, last 4 and expiry.
+const CARD_MASTERCARD: &str = "5555555555554444";
 
 /// The account's JSON through the API, for checking what the page claims.
 async fn account(server: &TestServer, id: &str) -> Value {
@@ -83,15 +88,43 @@ async fn add_a_card(browser: &Browser, server: &TestServer) {
     browser.wait_for_url("/billing").await;
     browser.wait_for_text("#flash-message", "No changes made").await;
     assert!(browser.text("#card-number").await.contains("4242"));
+
+    // Edit with another card: back on the page, the new one is the Active card at once
+    // (brand, last 4 and expiry all replaced), and it is the one the account now holds.
+    browser.click("#edit-card").await;
+    browser.wait_for_url(&server.sandbox().base_url()).await;
+    browser.enter_card_expiring(CARD_MASTERCARD, "08 / 31").await;
+    browser.wait_for_url("/billing").await;
+    let saved = browser.wait_for_text("#flash-message", "Card saved").await;
+    assert!(saved.contains("Mastercard card ending in 4444"), "{saved}");
+    assert_eq!(browser.text("#card-status").await, "Active");
+    assert_eq!(browser.text("#card-brand").await, "Mastercard");
+    let number = browser.text("#card-number").await;
+    assert!(number.contains("4444") && !number.contains("4242"), "{number}");
+    assert_eq!(browser.text("#card-expiry").await, "Expires 08/31");
+    browser.screenshots("04b-card-replaced").await;
+    let card = account(server, "cards").await["payment_method"].clone();
+    assert_eq!(
+        (card["brand"].as_str(), card["last4"].as_str()),
+        (Some("mastercard"), Some("4444")),
+        "{card}"
+    );
 }
 
-/// Waits until Continue's disabled state is `disabled`, after the page validated.
-async fn continue_disabled_for(browser: &Browser, amount: &str) -> (bool, String) {
+/// Types `amount`, waits until the page's validation shows `reason` (none: an empty
+/// message), and returns (Continue disabled, the message shown).
+async fn continue_disabled_for(browser: &Browser, amount: &str, reason: &str) -> (bool, String) {
     browser.type_into("#topup-amount", amount).await;
-    tokio::time::sleep(Duration::from_millis(30)).await;
-    let disabled = browser.is_disabled("#topup-continue").await;
-    let reason = browser.text("#topup-error").await;
-    (disabled, reason)
+    let shown = browser
+        .wait_for_text_where("#topup-error", &format!("{reason:?}"), |text| {
+            if reason.is_empty() {
+                text.is_empty()
+            } else {
+                text.contains(reason)
+            }
+        })
+        .await;
+    (browser.is_disabled("#topup-continue").await, shown)
 }
 
 /// Buy credits with the saved card: Continue stays disabled (with the reason) until the
@@ -99,15 +132,32 @@ async fn continue_disabled_for(browser: &Browser, amount: &str) -> (bool, String
 async fn buy_credits_with_the_card(browser: &Browser, server: &TestServer) {
     browser.click("#buy-credits").await;
     browser.find("#buy-dialog[open]").await;
+    // Each refusal photographed with its reason showing and Continue disabled.
     let cases = [
-        ("", ""),
-        ("5", "The minimum top-up is $10.00"),
-        ("10.001", "Use at most 2 decimals"),
-        ("abc", "Enter an amount in dollars"),
-        ("20000", "The maximum top-up is $10,000.00"),
+        ("", "", "05a-buy-credits-empty"),
+        (
+            "5",
+            "The minimum top-up is $10.00",
+            "05b-buy-credits-below-minimum",
+        ),
+        (
+            "10.001",
+            "Use at most 2 decimals",
+            "05c-buy-credits-too-many-decimals",
+        ),
+        (
+            "abc",
+            "Enter an amount in dollars",
+            "05d-buy-credits-not-a-number",
+        ),
+        (
+            "20000",
+            "The maximum top-up is $10,000.00",
+            "05e-buy-credits-above-maximum",
+        ),
     ];
-    for (amount, reason) in cases {
-        let (disabled, shown) = continue_disabled_for(browser, amount).await;
+    for (amount, reason, screenshot) in cases {
+        let (disabled, shown) = continue_disabled_for(browser, amount, reason).await;
         assert!(disabled, "Continue must stay disabled for {amount:?}");
         assert!(
             shown.contains(reason),
@@ -119,28 +169,25 @@ async fn buy_credits_with_the_card(browser: &Browser, server: &TestServer) {
             (!reason.is_empty()).then_some("true"),
             "highlight for {amount:?}"
         );
-        if amount == "10.001" {
-            browser
-                .screenshots_of_screen("05-buy-credits-invalid-amount")
-                .await;
-        }
+        browser.screenshots_of_screen(screenshot).await;
     }
-    let (disabled, shown) = continue_disabled_for(browser, "25").await;
+    let (disabled, shown) = continue_disabled_for(browser, "25", "").await;
     assert!(!disabled && shown.is_empty(), "25 is valid: {shown:?}");
     browser.screenshots_of_screen("06-buy-credits-valid-amount").await;
     browser.click("#topup-continue").await;
     assert_eq!(browser.text("#topup-confirm-amount").await, "$25.00");
-    assert!(
-        browser
-            .text("#topup-confirm-text")
-            .await
-            .contains("ending in 4242")
-    );
+    // The card that replaced the Visa is the one charged.
+    let confirm = browser.text("#topup-confirm-text").await;
+    assert!(confirm.contains("Mastercard card ending in 4444"), "{confirm}");
     browser.screenshots_of_screen("07-buy-credits-confirm").await;
     browser.click("#topup-pay").await;
     browser.wait_for_text("#flash-message", "Payment received").await;
     let message = browser.text("#flash-message").await;
-    assert!(message.contains("Your balance is now $30.00"), "{message}");
+    assert!(
+        message.contains("charged to your Mastercard card ending in 4444")
+            && message.contains("Your balance is now $30.00"),
+        "{message}"
+    );
     assert_eq!(browser.text("#balance-amount").await, "$30.00");
     assert!(!browser.exists("#buy-dialog[open]").await, "the dialog closed");
     let receipt = browser
@@ -210,6 +257,10 @@ async fn spend_and_save(browser: &Browser, server: &TestServer) {
     assert!(progress.parse::<u8>().unwrap() < 100, "{progress}");
     assert!(browser.text("#projection").await.contains("Pro"));
     assert_eq!(browser.text("#tier-shown-label").await, "Your tier");
+    // Both charges were priced at Starter, which is list price (the one that crossed
+    // into Growth too): nothing saved yet.
+    assert_eq!(browser.text("#savings-cycle").await, "$0.00");
+    assert_eq!(browser.text("#savings-lifetime").await, "$0.00");
     browser.screenshots("11-spend-and-save").await;
 
     // Browse up to the last tier…
@@ -250,7 +301,96 @@ async fn spend_and_save(browser: &Browser, server: &TestServer) {
     browser.client.refresh().await.expect("reload");
     browser.wait_for_text("#current-tier", "Pro").await;
     assert_eq!(browser.text("#current-discount").await, "20%");
+    // 15,000 at Growth's $0.027 instead of the $0.030 list price: $405.00 paid, $45.00
+    // saved, all of it this cycle.
+    assert_eq!(browser.text("#cycle-spent").await, "$525.00");
+    assert_eq!(browser.text("#savings-cycle").await, "$45.00");
+    assert_eq!(browser.text("#savings-lifetime").await, "$45.00");
     browser.screenshots("14-upgraded-to-pro").await;
+}
+
+/// Savings this cycle and in total part ways at a new cycle: a server of its own whose
+/// clock can move a month on (the payments server's clock must stay near the real one,
+/// which the sandbox's webhook signatures are checked against).
+async fn savings_across_cycles(browser: &Browser) {
+    let server = TestServer::start().await;
+    server.funded_account("saver", "1000.00").await;
+    // Cycle 1 (from 10 Nov): $120.00 at Starter crosses into Growth, saving nothing;
+    // then 1,000 at Growth's $0.027: $27.00 paid, $3.00 saved.
+    for (quantity, key) in [(4_000, "c1-a"), (1_000, "c1-b")] {
+        let (status, body) = server.usage("saver", "email_finder", quantity, key).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    }
+    // Cycle 2: Growth is kept for the cycle after the one that earned it, so 2,000 more
+    // are $54.00 at $0.027, saving $6.00.
+    server.clock.advance(time::Duration::days(31));
+    let (status, body) = server.usage("saver", "email_finder", 2_000, "c2-a").await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    assert_eq!(body["savings"], "6.00", "{body}");
+    open_page(browser, &server, "saver").await;
+    assert_eq!(browser.text("#current-tier").await, "Growth");
+    assert_eq!(browser.text("#cycle-spent").await, "$54.00");
+    assert_eq!(browser.text("#savings-cycle").await, "$6.00");
+    assert_eq!(browser.text("#savings-lifetime").await, "$9.00");
+    browser.screenshots("14b-savings-across-cycles").await;
+    server.assert_ledger_clean().await;
+}
+
+/// The history pages 50 lines at a time: 55 credits over the API make two pages; Older
+/// swaps in the 5 oldest (and only they), Newest brings the first page back.
+async fn transaction_pages(browser: &Browser, server: &TestServer) {
+    server.create_account("history").await;
+    for index in 0..55 {
+        let (status, body) = server
+            .send(
+                server
+                    .request(reqwest::Method::POST, "/v1/accounts/history/grants")
+                    .header("Idempotency-Key", format!("history-{index}"))
+                    .json(&serde_json::json!({"amount": "1.00", "reason": format!("credit number {index}")})),
+            )
+            .await;
+        assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+    }
+    // Newest first: credits 54 … 5 on the first page, 4 … 0 on the second.
+    let credits = |range: std::ops::RangeInclusive<u32>| -> Vec<String> {
+        range
+            .rev()
+            .map(|index| format!("credit number {index}"))
+            .collect()
+    };
+    let descriptions = "#transactions-table td[data-label=Description]";
+    let balances = "#transactions-table td[data-label='Balance after']";
+    open_page(browser, server, "history").await;
+    assert_eq!(browser.texts(descriptions).await, credits(5..=54));
+    assert_eq!(
+        browser.texts(balances).await.first().map(String::as_str),
+        Some("$55.00")
+    );
+    assert!(browser.exists("#transactions-older").await);
+    assert!(
+        !browser.exists("#transactions-newest").await,
+        "the first page has no way back"
+    );
+    browser.screenshots("22-transactions-first-page").await;
+
+    browser.click("#transactions-older").await;
+    // Only the second page has Newest: its appearance is the swap.
+    browser.find("#transactions-newest").await;
+    assert_eq!(browser.texts(descriptions).await, credits(0..=4));
+    assert_eq!(
+        browser.texts(balances).await.last().map(String::as_str),
+        Some("$1.00")
+    );
+    assert!(
+        !browser.exists("#transactions-older").await,
+        "nothing older than the first credit"
+    );
+    browser.screenshots("23-transactions-older-page").await;
+
+    browser.click("#transactions-newest").await;
+    browser.find("#transactions-older").await;
+    assert_eq!(browser.texts(descriptions).await, credits(5..=54));
+    assert!(!browser.exists("#transactions-newest").await);
 }
 
 /// Waits until the test server's auto-recharge worker has brought the balance to `balance`.
@@ -262,41 +402,64 @@ async fn wait_for_balance(server: &TestServer, id: &str, balance: &str) {
         .await;
 }
 
-/// Types into one of the popup's fields and returns (Save disabled, the field's error).
-async fn recharge_field(browser: &Browser, field: &str, value: &str, error: &str) -> (bool, String) {
+/// Types into one of the popup's fields, waits until its error element shows `reason`
+/// (none: empty), and returns (Save disabled, the field's error).
+async fn recharge_field(
+    browser: &Browser,
+    field: &str,
+    value: &str,
+    error: &str,
+    reason: &str,
+) -> (bool, String) {
     browser.type_into(field, value).await;
-    tokio::time::sleep(Duration::from_millis(30)).await;
-    (
-        browser.is_disabled("#recharge-save").await,
-        browser.text(error).await,
-    )
+    let shown = browser
+        .wait_for_text_where(error, &format!("{reason:?}"), |text| {
+            if reason.is_empty() {
+                text.is_empty()
+            } else {
+                text.contains(reason)
+            }
+        })
+        .await;
+    (browser.is_disabled("#recharge-save").await, shown)
 }
 
 /// Auto-recharge: off → Enable → the popup validates live → Save shows the banner; Edit
 /// changes it; usage through the API below the threshold recharges (the worker's pass)
 /// and the page shows the recharge and the refilled balance; the toggle switches it off.
 async fn auto_recharge(browser: &Browser, server: &TestServer) {
-    // The "cards" account: a 4242 card and $30.00.
+    // The "cards" account: the Mastercard ending in 4444 and $30.00.
     open_page(browser, server, "cards").await;
     assert_eq!(browser.text("#recharge-banner").await, "Auto-recharge off");
     browser.click("#enable-recharge").await;
     browser.find("#recharge-dialog[open]").await;
-    let (disabled, error) = recharge_field(browser, "#recharge-threshold", "4", "#threshold-error").await;
-    assert!(disabled && error.contains("Must be at least $5.00"), "{error}");
-    let (disabled, error) =
-        recharge_field(browser, "#recharge-threshold", "20.555", "#threshold-error").await;
-    assert!(disabled && error.contains("at most 2 decimals"), "{error}");
-    let (_, error) = recharge_field(browser, "#recharge-threshold", "20", "#threshold-error").await;
-    assert!(error.is_empty(), "{error}");
-    let (disabled, error) = recharge_field(browser, "#recharge-target", "25", "#target-error").await;
-    assert!(disabled && error.contains("Must be at least $30.00"), "{error}");
+    let (threshold, target) = ("#recharge-threshold", "#recharge-target");
+    let (threshold_error, target_error) = ("#threshold-error", "#target-error");
+    let (disabled, _) =
+        recharge_field(browser, threshold, "4", threshold_error, "Must be at least $5.00").await;
+    assert!(disabled, "Save stays disabled for a $4 threshold");
+    let (disabled, _) = recharge_field(
+        browser,
+        threshold,
+        "20.555",
+        threshold_error,
+        "at most 2 decimals",
+    )
+    .await;
+    assert!(disabled, "Save stays disabled for a threshold with 3 decimals");
+    recharge_field(browser, threshold, "20", threshold_error, "").await;
+    let (disabled, _) = recharge_field(browser, target, "25", target_error, "Must be at least $30.00").await;
+    assert!(
+        disabled,
+        "Save stays disabled for a target under threshold + minimum"
+    );
     assert_eq!(
         browser.attr("#recharge-target", "aria-invalid").await.as_deref(),
         Some("true")
     );
     browser.screenshots_of_screen("16-auto-recharge-invalid").await;
-    let (disabled, error) = recharge_field(browser, "#recharge-target", "100", "#target-error").await;
-    assert!(!disabled && error.is_empty(), "{error}");
+    let (disabled, _) = recharge_field(browser, target, "100", target_error, "").await;
+    assert!(!disabled, "$20 → $100 is valid");
     browser.type_into("#recharge-threshold", "50").await;
     assert!(!browser.is_disabled("#recharge-save").await);
     browser.screenshots_of_screen("17-auto-recharge-popup").await;
@@ -319,6 +482,11 @@ async fn auto_recharge(browser: &Browser, server: &TestServer) {
     browser
         .wait_for_text("#recharge-banner", "below $20.00, top up to $80.00")
         .await;
+    assert_eq!(
+        browser.text("#recharge-banner").await,
+        "Auto-recharge on \u{2014} when balance goes below $20.00, top up to $80.00"
+    );
+    browser.screenshots("18b-auto-recharge-edited").await;
     let rule = account(server, "cards").await["auto_recharge"].clone();
     assert_eq!(
         (rule["threshold"].as_str(), rule["target"].as_str()),
@@ -460,6 +628,9 @@ async fn refused_links(browser: &Browser) {
     server.clock.advance(time::Duration::minutes(6));
     browser.goto(&stale).await;
     browser.wait_for_text("h1", "This billing link has expired").await;
+    assert!(browser.text("#error-message").await.contains("ask for a new one"));
+    assert!(!browser.exists("#balance-amount").await, "no page behind it");
+    browser.screenshots("15b-link-expired").await;
 }
 
 /// An invoice account (set up by Sales): the page shows invoice mode and the credit used;
@@ -622,8 +793,12 @@ async fn the_billing_page_in_headless_chromium() {
     step("buy credits without a card");
     spend_and_save(&browser, &server).await;
     step("spend and save");
+    transaction_pages(&browser, &server).await;
+    step("transaction pages");
     contact_sales(&browser).await;
     step("contact sales");
+    savings_across_cycles(&browser).await;
+    step("savings across cycles");
     refused_links(&browser).await;
     step("refused links");
     invoice_billing(&browser).await;

@@ -381,3 +381,137 @@ async fn the_history_pages_through_every_line() {
     assert!(!second.contains("credit number 54"));
     assert!(second.contains("transactions-newest") && !second.contains("transactions-older"));
 }
+
+/// The session's CSRF token, as the page renders it into every form.
+async fn csrf_token(server: &TestServer, cookie: &str) -> String {
+    let html = client()
+        .get(server.url("/billing"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    html.split("name=\"csrf_token\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a form with the CSRF token")
+        .to_owned()
+}
+
+/// `form` with `token` as its `csrf_token`.
+fn with_token<'a>(form: &[(&'a str, &'a str)], token: &'a str) -> Vec<(&'a str, &'a str)> {
+    let mut form = form.to_vec();
+    form.push(("csrf_token", token));
+    form
+}
+
+/// A form posted with `cookie`, as a browser would send it, or as htmx does when a
+/// `header_token` is given.
+async fn post_form(
+    server: &TestServer,
+    path: &str,
+    cookie: &str,
+    form: &[(&str, &str)],
+    header_token: Option<&str>,
+) -> reqwest::Response {
+    let mut request = client()
+        .post(server.url(path))
+        .header("cookie", cookie)
+        .form(form);
+    if let Some(token) = header_token {
+        // What htmx sends: the token in the header instead of the form.
+        request = request.header("hx-request", "true").header("x-csrf-token", token);
+    }
+    request.send().await.unwrap()
+}
+
+/// The card form and the auto-recharge form refuse a post without this session's token
+/// (none, another session's, a made-up one in the htmx header) and change nothing; the
+/// same post with the token goes through, so the token is what was refused.
+#[tokio::test]
+async fn the_card_and_auto_recharge_forms_need_the_csrf_token() {
+    let server = TestServer::start_with_payments().await;
+    server.funded_account("acme", "42.50").await;
+    let cookie = redeem(&page_support::portal_link(&server, "acme").await).await;
+    let token = csrf_token(&server, &cookie).await;
+    let other = redeem(&page_support::portal_link(&server, "acme").await).await;
+    let other_token = csrf_token(&server, &other).await;
+    assert_ne!(token, other_token, "each session has its own token");
+    let checkout_sessions = || {
+        server.sandbox().state()["checkout_sessions"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+
+    // The card form: a refused post opens no hosted page and saves nothing.
+    for (form, header) in [
+        (vec![], None),
+        (with_token(&[], &other_token), None),
+        (vec![], Some("not-the-token")),
+    ] {
+        let response = post_form(&server, "/billing/payment_method", &cookie, &form, header).await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{form:?} {header:?}");
+        assert!(response.headers().get(LOCATION).is_none());
+        assert!(response.headers().get("hx-redirect").is_none());
+        assert!(response.text().await.unwrap().contains("This form has expired"));
+    }
+    assert_eq!(checkout_sessions(), 0, "no hosted page was opened");
+    assert!(server.account("acme").await["payment_method"].is_null());
+    let response = post_form(
+        &server,
+        "/billing/payment_method",
+        &cookie,
+        &[("csrf_token", token.as_str())],
+        None,
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let location = response.headers()[LOCATION].to_str().unwrap();
+    assert!(location.starts_with(&server.sandbox().base_url()), "{location}");
+    assert_eq!(checkout_sessions(), 1);
+
+    // The auto-recharge form needs a card to act on (and $42.50 stays above the $20.00
+    // threshold, so no recharge runs meanwhile).
+    server.add_card("acme", common::payments::CARD_OK).await;
+    let rule = || async { server.account("acme").await["auto_recharge"].clone() };
+    let before = rule().await;
+    assert_eq!(before["status"], "off", "{before}");
+    let enable = [("enabled", "true"), ("threshold", "20"), ("target", "80")];
+    for (form, header) in [
+        (enable.to_vec(), None),
+        (with_token(&enable, &other_token), None),
+        (enable.to_vec(), Some("not-the-token")),
+    ] {
+        let response = post_form(&server, "/billing/auto_recharge", &cookie, &form, header).await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{form:?} {header:?}");
+    }
+    assert_eq!(rule().await, before, "a refused form changes nothing");
+    let response = post_form(
+        &server,
+        "/billing/auto_recharge",
+        &cookie,
+        &with_token(&enable, &token),
+        None,
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let on = rule().await;
+    assert_eq!(
+        (&on["enabled"], &on["threshold"], &on["target"]),
+        (&json!(true), &json!("20.00"), &json!("80.00")),
+        "{on}"
+    );
+    // Nor can a forged post switch it off (a form without `enabled` is "off").
+    for (form, header) in [
+        (vec![], None),
+        (with_token(&[], &other_token), None),
+        (vec![], Some("not-the-token")),
+    ] {
+        let response = post_form(&server, "/billing/auto_recharge", &cookie, &form, header).await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{form:?} {header:?}");
+    }
+    assert_eq!(rule().await, on, "still on, as saved");
+    server.assert_ledger_clean().await;
+}

@@ -57,13 +57,16 @@ fn free_port() -> u16 {
     listener.local_addr().expect("local address").port()
 }
 
-/// Where screenshots go: `$CARGO_TARGET_DIR/screenshots` (or `target/screenshots`).
+/// Where screenshots go: `target/screenshots/` of the workspace this crate sits in
+/// (`crates/web` → two levels up), whatever `CARGO_TARGET_DIR` says: the build cache
+/// may live outside the clone (scripts/test puts it in `~/.cache`), but the pictures
+/// belong with the checkout whose page they show. `/target` is git-ignored.
 pub fn screenshot_dir() -> PathBuf {
-    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(
-        |_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"),
-        PathBuf::from,
-    );
-    target.join("screenshots")
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("crates/web sits two levels below the workspace root");
+    workspace.join("target").join("screenshots")
 }
 
 /// One headless Chromium driven through chromedriver.
@@ -227,23 +230,44 @@ impl Browser {
 
     /// Waits until `css` shows text containing `expected`.
     pub async fn wait_for_text(&self, css: &str, expected: &str) -> String {
+        self.wait_for_text_where(css, &format!("{expected:?}"), |text| text.contains(expected))
+            .await
+    }
+
+    /// Waits until `css` shows text for which `matches` holds (for an exact or empty
+    /// text, which `wait_for_text` cannot wait for); returns it.
+    pub async fn wait_for_text_where(&self, css: &str, what: &str, matches: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + STEP_TIMEOUT;
         loop {
             if let Ok(element) = self.client.find(Locator::Css(css)).await
                 && let Ok(text) = element.text().await
-                && text.contains(expected)
+                && matches(&text)
             {
                 return text;
             }
             if Instant::now() > deadline {
                 panic!(
-                    "`{css}` never showed {expected:?} on {}; the page says:\n{}",
+                    "`{css}` never showed {what} on {}; the page says:\n{}",
                     self.url().await,
                     self.body_text().await
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The rendered text of every element matching `css`, in document order, read in
+    /// one script (so an htmx swap cannot land between two of them).
+    pub async fn texts(&self, css: &str) -> Vec<String> {
+        let value = self
+            .client
+            .execute(
+                "return Array.from(document.querySelectorAll(arguments[0])).map(e => e.innerText.trim());",
+                vec![json!(css)],
+            )
+            .await
+            .expect("script runs");
+        serde_json::from_value(value).expect("a list of texts")
     }
 
     /// Waits until the current URL contains `part`.
@@ -375,11 +399,16 @@ impl Browser {
             .unwrap_or(true)
     }
 
-    /// Fills in the sandbox's hosted card page and submits it.
+    /// Fills in the sandbox's hosted card page (expiring 12/34) and submits it.
     pub async fn enter_card(&self, number: &str) {
+        self.enter_card_expiring(number, "12 / 34").await;
+    }
+
+    /// Fills in the sandbox's hosted card page with `expiry` (`MM / YY`) and submits it.
+    pub async fn enter_card_expiring(&self, number: &str, expiry: &str) {
         self.find("#cardNumber").await;
         self.type_into("#cardNumber", number).await;
-        self.type_into("#cardExpiry", "12 / 34").await;
+        self.type_into("#cardExpiry", expiry).await;
         self.type_into("#cardCvc", "123").await;
         self.type_into("#billingName", "Ada Lovelace").await;
         self.click("#submit").await;
