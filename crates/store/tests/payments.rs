@@ -340,6 +340,164 @@ async fn refunds_take_money_back_once_and_may_leave_a_flagged_negative_balance()
     assert_clean(&store).await;
 }
 
+/// Gap B (hostile simulation seed 200): a dashboard refund whose `charge.refunded` total
+/// arrives while one of Tollgate's refunds is pending looks already counted (the pending
+/// refund is in the store's total); when the processor then refuses Tollgate's refund, the
+/// total it reported is what records the dashboard refund, in the same transaction.
+#[tokio::test]
+async fn a_dashboard_refund_heard_while_ours_is_pending_is_recorded_when_ours_is_refused() {
+    let (_db, store, acme) = setup().await;
+    let topup = paid_topup(&store, &acme, "100.00", "pi_gap_b").await;
+    let ours = store
+        .begin_refund(refund(&topup, Some("70.00"), "ours"))
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(ours.state, RefundState::Pending);
+    // Meanwhile $40 is refunded in the dashboard: 40 ≤ the 70 the store counts, so nothing
+    // is recorded yet, and the event is acknowledged.
+    for _ in 0..2 {
+        assert!(
+            store
+                .reconcile_refunded(TopupReference::Payment("pi_gap_b".to_owned()), dollars("40"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    assert_eq!(store.topup(&topup).await.unwrap().refunded, dollars("70"));
+    // 70 + 40 > 100: the processor refuses ours.
+    let refused = store
+        .finish_refund(&ours.id, Err("amount_too_large".to_owned()))
+        .await
+        .unwrap();
+    assert_eq!(refused.state, RefundState::Failed);
+    let settled = store.topup(&topup).await.unwrap();
+    assert_eq!(
+        settled.refunded,
+        dollars("40"),
+        "the dashboard refund is recorded"
+    );
+    assert_eq!(
+        store.account(&acme).await.unwrap().balances.available,
+        dollars("60")
+    );
+    let lines = store.transactions(&acme, PageRequest::default()).await.unwrap();
+    let refund_lines: Vec<(Micros, &str)> = lines
+        .data
+        .iter()
+        .filter(|line| line.kind == TransactionKind::Refund)
+        .map(|line| (line.amount, line.description.as_str()))
+        .collect();
+    assert_eq!(
+        refund_lines,
+        [
+            (
+                dollars("-40"),
+                "Refund: refunded in the payment processor's dashboard"
+            ),
+            (dollars("70"), "Refund failed: amount_too_large"),
+            (dollars("-70"), "Refund: customer asked"),
+        ]
+    );
+    // The same total heard again, or the answer heard again, changes nothing.
+    assert!(
+        store
+            .reconcile_refunded(TopupReference::Payment("pi_gap_b".to_owned()), dollars("40"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    store
+        .finish_refund(&ours.id, Err("amount_too_large".to_owned()))
+        .await
+        .unwrap();
+    assert_eq!(store.topup(&topup).await.unwrap().refunded, dollars("40"));
+    // What is left can still be refunded, and only that.
+    assert!(matches!(
+        store
+            .begin_refund(refund(&topup, Some("60.01"), "too-much"))
+            .await,
+        Err(StoreError::InvalidRefund(_))
+    ));
+    let rest = store
+        .begin_refund(refund(&topup, None, "rest"))
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(rest.amount, dollars("60"));
+    assert_clean(&store).await;
+}
+
+/// The processor's totals only grow but may arrive out of order: the largest one heard
+/// is what a refused refund is measured against; and a refused refund with no dashboard
+/// refund beside it records nothing more.
+#[tokio::test]
+async fn the_largest_processor_total_heard_is_kept_for_a_refused_refund() {
+    let (_db, store, acme) = setup().await;
+    let topup = paid_topup(&store, &acme, "100.00", "pi_totals").await;
+    let ours = store
+        .begin_refund(refund(&topup, Some("50.00"), "ours"))
+        .await
+        .unwrap()
+        .value;
+    // Two dashboard refunds (20, then 10 more): the later total arrives first.
+    for total in ["30", "20"] {
+        assert!(
+            store
+                .reconcile_refunded(TopupReference::Charge("ch_pi_totals".to_owned()), dollars(total))
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    store
+        .finish_refund(&ours.id, Err("expired_or_canceled_card".to_owned()))
+        .await
+        .unwrap();
+    assert_eq!(store.topup(&topup).await.unwrap().refunded, dollars("30"));
+    assert_eq!(
+        store.account(&acme).await.unwrap().balances.available,
+        dollars("70")
+    );
+
+    // Another top-up: our refund refused, the processor never refunded anything.
+    let other = paid_topup(&store, &acme, "20.00", "pi_plain").await;
+    let plain = store
+        .begin_refund(refund(&other, Some("5.00"), "plain"))
+        .await
+        .unwrap()
+        .value;
+    store
+        .finish_refund(&plain.id, Err("expired_or_canceled_card".to_owned()))
+        .await
+        .unwrap();
+    assert_eq!(store.topup(&other).await.unwrap().refunded, Micros::ZERO);
+    // And one whose total included ours (it went through): no double count.
+    let third = store
+        .begin_refund(refund(&other, Some("5.00"), "through"))
+        .await
+        .unwrap()
+        .value;
+    assert!(
+        store
+            .reconcile_refunded(TopupReference::Payment("pi_plain".to_owned()), dollars("5"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    store
+        .finish_refund(&third.id, Ok("re_through".to_owned()))
+        .await
+        .unwrap();
+    assert_eq!(store.topup(&other).await.unwrap().refunded, dollars("5"));
+    assert_eq!(
+        store.account(&acme).await.unwrap().balances.available,
+        dollars("85")
+    );
+    assert_clean(&store).await;
+}
+
 #[tokio::test]
 async fn disputes_move_money_once_in_any_order() {
     let (_db, store, acme) = setup().await;

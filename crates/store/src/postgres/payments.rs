@@ -928,9 +928,65 @@ pub async fn finish_refund<C: GenericClient + Sync>(
                     &[&refund.topup_id, &refund.amount.get(), &now],
                 )
                 .await?;
+            // While this refund was pending the store counted it as refunded, so a
+            // processor total heard meanwhile may have hidden a dashboard refund: with this
+            // one refused, whatever that total says beyond the store's is that refund.
+            let topup = load_topup(client, &refund.topup_id).await?;
+            let heard = processor_refunded(client, &topup.id).await?;
+            if let Some(amount) = unrecorded_refund(&topup, heard) {
+                record_dashboard_refund(client, context, &topup, amount).await?;
+            }
         }
     }
     load_refund(client, refund_id).await
+}
+
+/// The largest refunded total the processor reported for the top-up's payment.
+async fn processor_refunded<C: GenericClient + Sync>(client: &C, topup_id: &str) -> PgResult<Micros> {
+    let total: i64 = client
+        .query_one(
+            "SELECT processor_refunded_micros FROM topups WHERE id = $1",
+            &[&topup_id],
+        )
+        .await?
+        .try_get(0)?;
+    Ok(Micros::new(total))
+}
+
+/// Records a refund the store learnt of from the processor's totals (one made in its
+/// dashboard): the money leaves the balance, and the refund is final. The caller holds
+/// the lock.
+async fn record_dashboard_refund<C: GenericClient + Sync>(
+    client: &C,
+    context: &Context<'_>,
+    topup: &TopupRecord,
+    amount: Micros,
+) -> PgResult<RefundRecord> {
+    let refund = insert_refund(
+        client,
+        context,
+        topup,
+        NewRefund {
+            amount,
+            state: RefundState::Succeeded,
+            processor_refund: None,
+            reason: DASHBOARD_REFUND_REASON,
+            idempotency: None,
+        },
+    )
+    .await?;
+    let (before, after) = refund_reconciled_audit(topup, amount, &refund.id);
+    ops::audit(
+        client,
+        context,
+        &Actor::System,
+        "refund.reconciled",
+        &topup.account,
+        before,
+        after,
+    )
+    .await?;
+    Ok(refund)
 }
 
 /// Records the refunds the processor knows of and the store does not (dashboard refunds).
@@ -945,34 +1001,23 @@ pub async fn reconcile_refunded<C: GenericClient + Sync>(
     };
     // Two reports of one total at once: the second sees the first's refund and adds nothing.
     let topup = lock_topup(client, &found.id).await?;
+    // Kept even when nothing new is recorded now: a refund of ours that is pending is
+    // counted in the store's total, and if it is refused the processor's total is what
+    // tells what else was refunded (see `finish_refund`). The largest total wins, since
+    // totals only grow and their news may arrive out of order.
+    client
+        .execute(
+            "UPDATE topups SET processor_refunded_micros = GREATEST(processor_refunded_micros, $2) \
+             WHERE id = $1",
+            &[&topup.id, &total_refunded.get().max(0)],
+        )
+        .await?;
     let Some(amount) = unrecorded_refund(&topup, total_refunded) else {
         return Ok(None);
     };
-    let refund = insert_refund(
-        client,
-        context,
-        &topup,
-        NewRefund {
-            amount,
-            state: RefundState::Succeeded,
-            processor_refund: None,
-            reason: DASHBOARD_REFUND_REASON,
-            idempotency: None,
-        },
-    )
-    .await?;
-    let (before, after) = refund_reconciled_audit(&topup, amount, &refund.id);
-    ops::audit(
-        client,
-        context,
-        &Actor::System,
-        "refund.reconciled",
-        &topup.account,
-        before,
-        after,
-    )
-    .await?;
-    Ok(Some(refund))
+    record_dashboard_refund(client, context, &topup, amount)
+        .await
+        .map(Some)
 }
 
 // ---------------------------------------------------------------------------

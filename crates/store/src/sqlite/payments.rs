@@ -800,9 +800,55 @@ pub fn finish_refund(
                     "UPDATE topups SET refunded_micros = refunded_micros - ?2, updated_at = ?3 WHERE id = ?1",
                 )?
                 .execute(params![refund.topup_id, refund.amount.get(), now])?;
+            // While this refund was pending the store counted it as refunded, so a
+            // processor total heard meanwhile may have hidden a dashboard refund: with this
+            // one refused, whatever that total says beyond the store's is that refund.
+            let topup = load_topup(context.connection, &refund.topup_id)?;
+            let heard = processor_refunded(context.connection, &topup.id)?;
+            if let Some(amount) = unrecorded_refund(&topup, heard) {
+                record_dashboard_refund(context, &topup, amount)?;
+            }
         }
     }
     load_refund(context.connection, refund_id)
+}
+
+/// The largest refunded total the processor reported for the top-up's payment.
+fn processor_refunded(connection: &Connection, topup_id: &str) -> StoreResult<Micros> {
+    let total: i64 = connection
+        .prepare_cached("SELECT processor_refunded_micros FROM topups WHERE id = ?1")?
+        .query_row(params![topup_id], |row| row.get(0))?;
+    Ok(Micros::new(total))
+}
+
+/// Records a refund the store learnt of from the processor's totals (one made in its
+/// dashboard): the money leaves the balance, and the refund is final.
+fn record_dashboard_refund(
+    context: &WriteContext<'_>,
+    topup: &TopupRecord,
+    amount: Micros,
+) -> StoreResult<RefundRecord> {
+    let refund = insert_refund(
+        context,
+        topup,
+        NewRefund {
+            amount,
+            state: RefundState::Succeeded,
+            processor_refund: None,
+            reason: DASHBOARD_REFUND_REASON,
+            idempotency: None,
+        },
+    )?;
+    let (before, after) = refund_reconciled_audit(topup, amount, &refund.id);
+    ops::audit(
+        context,
+        &Actor::System,
+        "refund.reconciled",
+        &topup.account,
+        before,
+        after,
+    )?;
+    Ok(refund)
 }
 
 pub fn reconcile_refunded(
@@ -813,30 +859,20 @@ pub fn reconcile_refunded(
     let Some(topup) = find_topup(context.connection, reference)? else {
         return Ok(None);
     };
+    // Kept even when nothing new is recorded now: a refund of ours that is pending is
+    // counted in the store's total, and if it is refused the processor's total is what
+    // tells what else was refunded (see `finish_refund`). The largest total wins, since
+    // totals only grow and their news may arrive out of order.
+    context
+        .connection
+        .prepare_cached(
+            "UPDATE topups SET processor_refunded_micros = MAX(processor_refunded_micros, ?2) WHERE id = ?1",
+        )?
+        .execute(params![topup.id, total_refunded.get().max(0)])?;
     let Some(amount) = unrecorded_refund(&topup, total_refunded) else {
         return Ok(None);
     };
-    let refund = insert_refund(
-        context,
-        &topup,
-        NewRefund {
-            amount,
-            state: RefundState::Succeeded,
-            processor_refund: None,
-            reason: DASHBOARD_REFUND_REASON,
-            idempotency: None,
-        },
-    )?;
-    let (before, after) = refund_reconciled_audit(&topup, amount, &refund.id);
-    ops::audit(
-        context,
-        &Actor::System,
-        "refund.reconciled",
-        &topup.account,
-        before,
-        after,
-    )?;
-    Ok(Some(refund))
+    record_dashboard_refund(context, &topup, amount).map(Some)
 }
 
 // ---------------------------------------------------------------------------
