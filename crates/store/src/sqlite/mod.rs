@@ -1,6 +1,7 @@
 //! The embedded store: SQLite in WAL mode with `synchronous=FULL`, one
 //! writer thread that group-commits, and a small pool of read connections.
 
+mod account_cache;
 mod events;
 mod invoices;
 mod ops;
@@ -187,7 +188,7 @@ impl Store for SqliteStore {
         }
         // Never show funds as held by a hold whose time ran out: release it first.
         self.writer
-            .write(move |context| ops::release_due_holds(context, &id))
+            .write_cached(move |context| ops::release_due_holds(context, &id))
             .await
     }
 
@@ -198,7 +199,7 @@ impl Store for SqliteStore {
 
     async fn charge_usage(&self, command: UsageCommand) -> StoreResult<Idempotent<UsageRecord>> {
         self.writer
-            .write(move |context| ops::charge_usage(context, &command))
+            .write_cached(move |context| ops::charge_usage(context, &command))
             .await
     }
 
@@ -210,13 +211,11 @@ impl Store for SqliteStore {
             return Err(StoreError::BatchTooLarge);
         }
         self.writer
-            .write(move |context| {
+            .write_cached(move |context| {
                 Ok(commands
                     .iter()
                     .map(|command| {
-                        writer::in_savepoint(context.connection, "event", || {
-                            ops::charge_usage(context, command)
-                        })
+                        writer::in_savepoint(context, "event", || ops::charge_usage(context, command))
                     })
                     .collect())
             })
@@ -225,13 +224,13 @@ impl Store for SqliteStore {
 
     async fn grant(&self, command: GrantCommand) -> StoreResult<Idempotent<TransactionLine>> {
         self.writer
-            .write(move |context| ops::grant(context, &command))
+            .write_cached(move |context| ops::grant(context, &command))
             .await
     }
 
     async fn place_hold(&self, command: HoldCommand) -> StoreResult<Idempotent<HoldRecord>> {
         self.writer
-            .write(move |context| ops::place_hold(context, &command))
+            .write_cached(move |context| ops::place_hold(context, &command))
             .await
     }
 
@@ -243,14 +242,14 @@ impl Store for SqliteStore {
         let hold_id = hold_id.to_owned();
         // The inner result lets a lazily expired hold commit its release while the capture is refused.
         self.writer
-            .write(move |context| ops::capture_hold(context, &hold_id, quantity))
+            .write_cached(move |context| ops::capture_hold(context, &hold_id, quantity))
             .await?
     }
 
     async fn void_hold(&self, hold_id: &str) -> StoreResult<HoldRecord> {
         let hold_id = hold_id.to_owned();
         self.writer
-            .write(move |context| ops::void_hold(context, &hold_id))
+            .write_cached(move |context| ops::void_hold(context, &hold_id))
             .await?
     }
 
@@ -284,7 +283,7 @@ impl Store for SqliteStore {
 
     async fn expire_holds(&self, limit: usize) -> StoreResult<usize> {
         self.writer
-            .write(move |context| ops::expire_due_holds(context, limit))
+            .write_cached(move |context| ops::expire_due_holds(context, limit))
             .await
     }
 

@@ -10,6 +10,7 @@ use tollgate_core::{
     Micros, NewAccount, Quantity, SpendState, UsageCommand,
 };
 
+use super::account_cache::{self, CachedAccount};
 use super::events;
 use super::rows::{self, StoredAccount};
 use super::writer::WriteContext;
@@ -55,17 +56,91 @@ pub fn create_account(context: &WriteContext<'_>, account: &NewAccount) -> Store
 /// Releases an account's holds whose time ran out; returns the account as it is then.
 pub fn release_due_holds(context: &WriteContext<'_>, id: &AccountId) -> StoreResult<AccountRecord> {
     let account = load_for_write(context, id)?;
-    rows::save_account(context.connection, &account)?;
+    save(context, &account)?;
     Ok(account.record)
 }
 
+/// An account for writing: the writer's cached copy when the job has the cache, else
+/// (and then cached) the database's.
 fn load(context: &WriteContext<'_>, id: &AccountId) -> StoreResult<StoredAccount> {
-    rows::load_account(context.connection, id, context.now)?.ok_or_else(|| not_found("account", id))
+    if let Some(cache) = context.cache
+        && let Some(cached) = cache.borrow().get(id)
+    {
+        let mut stored = cached.stored.clone();
+        // The cycle may have turned since the account was cached.
+        stored.record.spend = stored.record.spend.rolled_to(stored.record.anchor(), context.now);
+        return Ok(stored);
+    }
+    let stored =
+        rows::load_account(context.connection, id, context.now)?.ok_or_else(|| not_found("account", id))?;
+    if let Some(cache) = context.cache {
+        let earliest_hold_expiry = account_cache::earliest_hold_expiry(context.connection, id)?;
+        cache.borrow_mut().put(
+            CachedAccount {
+                stored: stored.clone(),
+                earliest_hold_expiry,
+            },
+            false,
+        );
+    }
+    Ok(stored)
+}
+
+/// Keeps an account's new state: in the cache (written back before the commit) when the
+/// job has it, else in the database at once. `hold_expiring_at`: a hold just placed.
+fn keep(
+    context: &WriteContext<'_>,
+    account: &StoredAccount,
+    hold_expiring_at: Option<tollgate_core::Timestamp>,
+) -> StoreResult<()> {
+    let Some(cache) = context.cache else {
+        return rows::save_account(context.connection, account);
+    };
+    let known = cache
+        .borrow()
+        .get(&account.record.id)
+        .map(|cached| cached.earliest_hold_expiry);
+    let earliest = match known {
+        Some(earliest) => earliest,
+        None => account_cache::earliest_hold_expiry(context.connection, &account.record.id)?,
+    };
+    let earliest_hold_expiry = match (earliest, hold_expiring_at) {
+        (Some(earliest), Some(placed)) => Some(earliest.min(placed)),
+        (earliest, placed) => earliest.or(placed),
+    };
+    cache.borrow_mut().put(
+        CachedAccount {
+            stored: account.clone(),
+            earliest_hold_expiry,
+        },
+        true,
+    );
+    Ok(())
+}
+
+/// Saves an account changed by a write.
+pub(super) fn save(context: &WriteContext<'_>, account: &StoredAccount) -> StoreResult<()> {
+    keep(context, account, None)
+}
+
+/// Whether an active hold of the account may have run out: always asked of the database
+/// without the cache; with it, only once the earliest known expiry has passed.
+fn holds_may_be_due(context: &WriteContext<'_>, id: &AccountId) -> bool {
+    let Some(cache) = context.cache else { return true };
+    match cache.borrow().get(id) {
+        Some(cached) => cached
+            .earliest_hold_expiry
+            .is_some_and(|earliest| earliest <= context.now),
+        None => true,
+    }
 }
 
 /// Loads an account for writing, releasing its holds whose time ran out first.
 pub(super) fn load_for_write(context: &WriteContext<'_>, id: &AccountId) -> StoreResult<StoredAccount> {
     let mut account = load(context, id)?;
+    if !holds_may_be_due(context, id) {
+        return Ok(account);
+    }
     let due: Vec<String> = context
         .connection
         .prepare_cached(
@@ -77,8 +152,19 @@ pub(super) fn load_for_write(context: &WriteContext<'_>, id: &AccountId) -> Stor
             row.get(0)
         })?
         .collect::<Result<_, _>>()?;
-    for hold_id in due {
-        close_hold(context, &mut account, &hold_id, HoldEvent::Expire)?;
+    for hold_id in &due {
+        close_hold(context, &mut account, hold_id, HoldEvent::Expire)?;
+    }
+    if let Some(cache) = context.cache {
+        // The bound has passed: learn the next one (and keep the releases, if any).
+        let earliest_hold_expiry = account_cache::earliest_hold_expiry(context.connection, id)?;
+        cache.borrow_mut().put(
+            CachedAccount {
+                stored: account.clone(),
+                earliest_hold_expiry,
+            },
+            !due.is_empty(),
+        );
     }
     Ok(account)
 }
@@ -90,6 +176,9 @@ fn replayed_transaction(
     key: &IdempotencyKey,
     fingerprint: &str,
 ) -> StoreResult<Option<String>> {
+    if !context.keys.borrow().may_contain(account, key) {
+        return Ok(None);
+    }
     let found: Option<(String, Option<String>)> = context
         .connection
         .prepare_cached(
@@ -151,6 +240,9 @@ pub(super) fn append(
             fingerprint,
             to_unix_micros(context.now),
         ])?;
+    if let Some((key, _)) = &write.idempotency {
+        context.keys.borrow_mut().insert(&journal.account, key);
+    }
     let mut insert_transfer = context.connection.prepare_cached(
         "INSERT INTO transfers (transaction_id, leg, from_account, to_account, amount_micros) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
@@ -286,7 +378,7 @@ pub fn charge_usage(
             idempotency: Some((&command.idempotency_key, fingerprint)),
         },
     )?;
-    rows::save_account(context.connection, &account)?;
+    save(context, &account)?;
     Ok(Idempotent {
         value: usage,
         replayed: false,
@@ -324,7 +416,7 @@ pub fn grant(context: &WriteContext<'_>, command: &GrantCommand) -> StoreResult<
             idempotency: command.idempotency_key.as_ref().map(|key| (key, fingerprint)),
         },
     )?;
-    rows::save_account(context.connection, &account)?;
+    save(context, &account)?;
     audit(
         context,
         &command.actor,
@@ -446,7 +538,7 @@ pub fn place_hold(context: &WriteContext<'_>, command: &HoldCommand) -> StoreRes
             to_unix_micros(context.now),
             line.id,
         ])?;
-    rows::save_account(context.connection, &account)?;
+    keep(context, &account, Some(expires_at))?;
     let hold = rows::load_hold(context.connection, &hold_id)?.ok_or_else(|| not_found("hold", &hold_id))?;
     Ok(Idempotent {
         value: hold,
@@ -514,7 +606,7 @@ pub fn capture_hold(
     let mut account = load_for_write(context, &hold.account)?;
     let hold = load_hold_state(context, hold_id)?;
     if let Err(refused) = transition(hold.status, hold.expires_at, HoldEvent::Capture, context.now) {
-        rows::save_account(context.connection, &account)?;
+        save(context, &account)?;
         return Ok(Err(StoreError::HoldNotActive(refused.status)));
     }
     let usage = record_usage(
@@ -534,7 +626,7 @@ pub fn capture_hold(
              WHERE id = ?1 AND status = 'active'",
         )?
         .execute(params![hold_id, usage.id, to_unix_micros(context.now), usage.amount.get()])?;
-    rows::save_account(context.connection, &account)?;
+    save(context, &account)?;
     let record = rows::load_hold(context.connection, hold_id)?.ok_or_else(|| not_found("hold", hold_id))?;
     Ok(Ok((record, usage)))
 }
@@ -544,7 +636,7 @@ pub fn void_hold(context: &WriteContext<'_>, hold_id: &str) -> StoreResult<Store
     let hold = load_hold_state(context, hold_id)?;
     let mut account = load_for_write(context, &hold.account)?;
     let outcome = close_hold(context, &mut account, hold_id, HoldEvent::Void);
-    rows::save_account(context.connection, &account)?;
+    save(context, &account)?;
     match outcome {
         Ok(()) => Ok(Ok(
             rows::load_hold(context.connection, hold_id)?.ok_or_else(|| not_found("hold", hold_id))?
@@ -577,7 +669,7 @@ pub fn expire_due_holds(context: &WriteContext<'_>, limit: usize) -> StoreResult
     for (hold_id, account_id) in &due {
         let mut account = load(context, &rows::account_id(account_id)?)?;
         close_hold(context, &mut account, hold_id, HoldEvent::Expire)?;
-        rows::save_account(context.connection, &account)?;
+        save(context, &account)?;
     }
     Ok(due.len())
 }

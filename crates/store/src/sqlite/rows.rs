@@ -13,6 +13,7 @@ use crate::{
 };
 
 /// An account as the writer needs it: the record plus its journal position.
+#[derive(Clone)]
 pub struct StoredAccount {
     /// The account, spend rolled to now.
     pub record: AccountRecord,

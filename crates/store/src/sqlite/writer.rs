@@ -2,7 +2,15 @@
 //! everything that arrived while the previous commit was syncing in one
 //! transaction (group commit). Each job runs in its own savepoint, so a
 //! refused job leaves no trace while its neighbours commit.
+//!
+//! Hot-path jobs ([`Writer::write_cached`]) read and change accounts through the
+//! writer's [`AccountCache`] and check idempotency keys against its [`KeyFilter`], so
+//! they do no reads; the changed accounts are written back once, just before the group's
+//! COMMIT. Every other job ([`Writer::write`]) works on the database alone: the cache is
+//! written back before it and emptied after it, since such a job may change accounts with
+//! SQL of its own.
 
+use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
@@ -11,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use tollgate_core::Timestamp;
 
 use super::StoreRules;
+use super::account_cache::{AccountCache, ExternalWrites, KeyFilter};
 use crate::{StoreError, StoreResult};
 
 /// Most jobs committed together; bounds the time one commit holds replies back.
@@ -26,10 +35,21 @@ pub struct WriteContext<'a> {
     pub now: Timestamp,
     /// Price book, tier basis.
     pub rules: &'a StoreRules,
+    /// The writer's accounts, for hot-path jobs; `None` for jobs that work on the
+    /// database alone.
+    pub cache: Option<&'a RefCell<AccountCache>>,
+    /// The idempotency keys the journal may hold (every job keeps it up to date).
+    pub keys: &'a RefCell<KeyFilter>,
 }
 
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
-type Job = Box<dyn FnOnce(&WriteContext<'_>) -> Completion + Send>;
+type Operation = Box<dyn FnOnce(&WriteContext<'_>) -> Completion + Send>;
+
+/// A job and whether it goes through the account cache.
+struct Job {
+    cached: bool,
+    operation: Operation,
+}
 
 /// A handle to the writer thread.
 #[derive(Clone)]
@@ -37,12 +57,14 @@ pub struct Writer {
     jobs: mpsc::Sender<Job>,
 }
 
-/// Runs `operation` inside a savepoint: its writes stay only if it succeeds.
+/// Runs `operation` inside a savepoint: its writes, and its changes to the account
+/// cache, stay only if it succeeds.
 pub fn in_savepoint<T>(
-    connection: &Connection,
+    context: &WriteContext<'_>,
     name: &str,
     operation: impl FnOnce() -> StoreResult<T>,
 ) -> StoreResult<T> {
+    let connection = context.connection;
     // Savepoints here always nest inside the group transaction. Some errors
     // (disk full, I/O, out of memory) make SQLite roll that transaction back
     // entirely; a SAVEPOINT would then open a transaction of its own and its
@@ -59,11 +81,15 @@ pub fn in_savepoint<T>(
         Ok(())
     };
     run(format!("SAVEPOINT {name}"))?;
+    let mark = context.cache.map(|cache| cache.borrow().mark());
     let result = match catch_unwind(AssertUnwindSafe(operation)) {
         Ok(result) => result,
         Err(_) => Err(StoreError::Database("a store operation panicked".to_owned())),
     };
     if result.is_err() {
+        if let (Some(cache), Some(mark)) = (context.cache, mark) {
+            cache.borrow_mut().undo_to(mark);
+        }
         run(format!("ROLLBACK TO {name}"))?;
     }
     run(format!("RELEASE {name}"))?;
@@ -82,14 +108,33 @@ impl Writer {
 
     /// Runs `operation` in the next group commit and returns its result once
     /// that commit is durable. An `Err` from the operation undoes its writes.
+    /// The operation sees no account cache (`context.cache` is `None`).
     pub async fn write<T, F>(&self, operation: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&WriteContext<'_>) -> StoreResult<T> + Send + 'static,
     {
+        self.submit(false, operation).await
+    }
+
+    /// Like [`Writer::write`], for operations that read and change accounts only
+    /// through `context.cache` (the hot path: usage, holds, grants).
+    pub async fn write_cached<T, F>(&self, operation: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteContext<'_>) -> StoreResult<T> + Send + 'static,
+    {
+        self.submit(true, operation).await
+    }
+
+    async fn submit<T, F>(&self, cached: bool, operation: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteContext<'_>) -> StoreResult<T> + Send + 'static,
+    {
         let (reply, replied) = oneshot::channel();
-        let job: Job = Box::new(move |context| {
-            let result = in_savepoint(context.connection, "job", || operation(context));
+        let operation: Operation = Box::new(move |context| {
+            let result = in_savepoint(context, "job", || operation(context));
             Box::new(move |committed: Result<(), String>| {
                 let outcome = match (result, committed) {
                     (Err(error), _) => Err(error),
@@ -100,14 +145,49 @@ impl Writer {
                 let _ = reply.send(outcome);
             })
         });
+        let job = Job { cached, operation };
         self.jobs.send(job).await.map_err(|_| StoreError::Unavailable)?;
         replied.await.map_err(|_| StoreError::Unavailable)?
+    }
+}
+
+/// What the writer thread keeps between groups.
+struct WriterState {
+    cache: RefCell<AccountCache>,
+    keys: RefCell<KeyFilter>,
+    external: ExternalWrites,
+}
+
+impl WriterState {
+    fn open(connection: &Connection) -> StoreResult<WriterState> {
+        Ok(WriterState {
+            cache: RefCell::new(AccountCache::default()),
+            keys: RefCell::new(KeyFilter::load(connection)?),
+            external: ExternalWrites::new(connection)?,
+        })
+    }
+
+    /// Inside a new group's transaction: takes in what other connections committed.
+    fn follow_external_writes(&mut self, connection: &Connection) -> StoreResult<()> {
+        if self.external.happened(connection)? {
+            self.cache.borrow_mut().clear();
+            self.keys.borrow_mut().catch_up(connection)?;
+        }
+        Ok(())
     }
 }
 
 fn run(connection: Connection, mut receiver: mpsc::Receiver<Job>, rules: Arc<StoreRules>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
     let mut completions: Vec<Completion> = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
+    let mut state = match WriterState::open(&connection) {
+        Ok(state) => state,
+        Err(error) => {
+            // Dropping the receiver fails every caller with Unavailable.
+            tracing::error!(%error, "the sqlite writer could not load its state; writes are refused");
+            return;
+        }
+    };
     while let Some(first) = receiver.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_JOBS_PER_COMMIT {
@@ -122,19 +202,55 @@ fn run(connection: Connection, mut receiver: mpsc::Receiver<Job>, rules: Arc<Sto
             batch.clear();
             continue;
         }
+        let mut group_failure: Option<String> = state
+            .follow_external_writes(&connection)
+            .err()
+            .map(|error| error.to_string());
         for job in batch.drain(..) {
+            if group_failure.is_some() {
+                // The group cannot commit: the job is dropped unrun, and its caller
+                // told the store is unavailable.
+                continue;
+            }
+            if !job.cached
+                && let Err(error) = state.cache.borrow_mut().write_back(&connection)
+            {
+                group_failure = Some(error.to_string());
+            }
             let context = WriteContext {
                 connection: &connection,
                 now: rules.clock.now(),
                 rules: &rules,
+                cache: job.cached.then_some(&state.cache),
+                keys: &state.keys,
             };
-            completions.push(job(&context));
+            completions.push((job.operation)(&context));
+            if !job.cached {
+                // It may have changed accounts with its own SQL.
+                state.cache.borrow_mut().clear();
+            }
         }
-        let committed = connection.execute_batch("COMMIT").map_err(|error| {
+        if group_failure.is_none()
+            && let Err(error) = state.cache.borrow_mut().write_back(&connection)
+        {
+            group_failure = Some(error.to_string());
+        }
+        let committed = match group_failure {
+            None => connection
+                .execute_batch("COMMIT")
+                .map_err(|error| error.to_string()),
+            Some(failure) => Err(failure),
+        };
+        let committed = committed.map_err(|error| {
             tracing::error!(%error, "group commit failed; rolling back");
             let _ = connection.execute_batch("ROLLBACK");
-            error.to_string()
+            state.cache.borrow_mut().clear();
+            error
         });
+        if committed.is_ok() {
+            state.cache.borrow_mut().committed();
+            state.keys.borrow_mut().committed(&connection);
+        }
         metrics_group_size(completions.len());
         for complete in completions.drain(..) {
             complete(committed.clone());
@@ -185,6 +301,7 @@ mod tests {
         connection
             .execute_batch(
                 "CREATE TABLE t (x TEXT NOT NULL);
+                 CREATE TABLE journal_transactions (account_id TEXT, idempotency_key TEXT);
                  CREATE TRIGGER boom BEFORE INSERT ON t WHEN NEW.x LIKE 'boom%'
                  BEGIN SELECT RAISE(ROLLBACK, 'boom'); END;",
             )
@@ -211,8 +328,7 @@ mod tests {
                 writer.write(|context| {
                     // A batch: each event in its own savepoint.
                     for event in ["d1", "boom-d2", "d3"] {
-                        let _ =
-                            in_savepoint(context.connection, "event", || insert(context.connection, event));
+                        let _ = in_savepoint(context, "event", || insert(context.connection, event));
                     }
                     Ok(())
                 }),
@@ -238,7 +354,7 @@ mod tests {
         let batch = writer
             .write(|context| {
                 for event in ["f1", "boom-f2", "f3"] {
-                    let _ = in_savepoint(context.connection, "event", || insert(context.connection, event));
+                    let _ = in_savepoint(context, "event", || insert(context.connection, event));
                 }
                 Ok(())
             })
