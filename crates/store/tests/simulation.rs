@@ -30,9 +30,10 @@
 //! `TOLLGATE_SIM_THREADS` (default: available cores), `TOLLGATE_SIM_DIR` (where the
 //! databases go; default /dev/shm when present, else the temp directory),
 //! `TOLLGATE_SIM_KEEP_GOING=1` (run every seed and list each failure instead of stopping
-//! at the first), `TOLLGATE_SIM_LOG_LINES` (how many recent steps a failure shows; 30),
-//! `TOLLGATE_SIM_HOSTILE_WEBHOOKS=1` (also the webhook orderings of the two known gaps
-//! described in `simulation/payments.rs`: expect failures).
+//! at the first), `TOLLGATE_SIM_LOG_LINES` (how many recent steps a failure shows; 30).
+//! Webhook news is always hostile: refunds and disputes before the store heard of the
+//! payment's success, dashboard refunds while one of Tollgate's is pending (see
+//! `simulation/payments.rs`).
 
 #[path = "simulation/payments.rs"]
 mod payments;
@@ -1148,10 +1149,6 @@ struct Sim {
     /// is compared when `check_every_account` is set.
     touched: std::collections::BTreeSet<String>,
     check_every_account: bool,
-    /// `TOLLGATE_SIM_HOSTILE_WEBHOOKS=1`: refunds and disputes at the processor before
-    /// the store heard of the payment's success, dashboard refunds while one of Tollgate's
-    /// is pending (known gaps, see `payments.rs`).
-    hostile: bool,
     stats: BTreeMap<String, u64>,
     log: Vec<String>,
 }
@@ -1240,7 +1237,6 @@ impl Sim {
             payment_share,
             touched: Default::default(),
             check_every_account: true,
-            hostile: env_number("TOLLGATE_SIM_HOSTILE_WEBHOOKS").is_some_and(|flag| flag != 0),
             stats: BTreeMap::new(),
             log: Vec::new(),
         }

@@ -18,16 +18,20 @@
 //!   must bring the store to exactly what the processor charged, refunded and lost to
 //!   disputes.
 //!
-//! Webhooks are acknowledged once applied and never sent again (Stripe's behaviour), which
-//! leaves two known gaps the store cannot close on its own. By default the processor
-//! avoids them; `TOLLGATE_SIM_HOSTILE_WEBHOOKS=1` lets it produce them (and seeds fail):
+//! Webhooks are acknowledged once applied and never sent again (Stripe's behaviour), and the
+//! processor is hostile about it: refunds and disputes happen before the store heard of the
+//! payment's success (or could link the payment), dashboard refunds while one of Tollgate's
+//! is pending, and their news arrives in any order. Two orderings once lost money, and are
+//! closed as follows (the simulation checks both after every step and at the drain):
 //!
-//! - news about a payment the store does not know has succeeded yet: `charge.refunded` or
-//!   a dispute arriving before the success (or before the store could link the payment)
-//!   is answered `Ok(None)`, acknowledged, and lost (e.g. hostile seeds 7, 122, 163);
-//! - a `charge.refunded` total heard while one of Tollgate's refunds is pending is taken
-//!   to include it; when the processor then refuses that refund (the dashboard refund made
-//!   it too large), the dashboard refund is never recorded (e.g. hostile seed 200).
+//! - news about a payment the store does not know has succeeded (`charge.refunded`, a
+//!   dispute) is not applied blind: Billing first asks the processor for the payment and
+//!   settles the top-up from it, then applies the news (the steps here do the same before
+//!   delivering it), so nothing is acknowledged and lost (once seeds 7, 122, 163);
+//! - a `charge.refunded` total heard while one of Tollgate's refunds is pending may hide a
+//!   dashboard refund (the pending one is counted already): the store keeps the largest
+//!   total heard, and when the processor refuses Tollgate's refund, what that total says
+//!   beyond the store's refunded total is recorded with the refusal (once seed 200).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -372,6 +376,9 @@ struct ModelTopup {
     balances_after_credit: Option<Balances>,
     refunded: i64,
     disputed: i64,
+    /// The largest refunded total the processor reported (kept by the store, not shown in
+    /// the record): what a refused refund is measured against.
+    processor_refunded: i64,
     created_at: Ts,
     updated_at: Ts,
     succeeded_at: Option<Ts>,
@@ -994,6 +1001,7 @@ impl Model {
             balances_after_credit: None,
             refunded: 0,
             disputed: 0,
+            processor_refunded: 0,
             created_at: now,
             updated_at: now,
             succeeded_at: None,
@@ -1318,7 +1326,24 @@ impl Model {
                 let topup = self.pay.topups.get_mut(&refund.topup).unwrap();
                 topup.refunded -= refund.amount;
                 topup.updated_at = now;
+                // The refused refund no longer hides what the processor said it refunded:
+                // the rest of its largest total is a dashboard refund, recorded now.
+                let missing = (topup.processor_refunded - topup.refunded).min(topup.amount - topup.refunded);
+                let hidden = topup.status == TopupStatus::Succeeded && missing > 0;
+                if hidden {
+                    topup.refunded += missing;
+                }
                 self.count("refund refused by the processor: money given back");
+                if hidden {
+                    self.post(
+                        &refund.account,
+                        TransactionKind::Refund,
+                        -missing,
+                        &refund.topup,
+                        now,
+                    );
+                    self.count("dashboard refund hidden by a refused refund recorded");
+                }
             }
         }
         same(
@@ -1340,6 +1365,13 @@ impl Model {
         let Some(topup) = self.pay.find(reference).cloned() else {
             return same("reconciled refund", expect_ok(observed)?, &None);
         };
+        // Kept whatever is recorded now: the largest total is what a refund of ours
+        // refused later is measured against.
+        if total < topup.refunded {
+            self.count("processor total below the store's (a refund of ours pending)");
+        }
+        let heard = &mut self.pay.topups.get_mut(&topup.id).unwrap().processor_refunded;
+        *heard = (*heard).max(total);
         // What the processor refunded is a fact: at most what the payment brought, whatever
         // the store believes is disputed (that news may be stale: a dispute won meanwhile).
         let missing = (total - topup.refunded).min(topup.amount - topup.refunded);
@@ -1661,6 +1693,7 @@ impl Model {
             balances_after_credit: None,
             refunded: 0,
             disputed: 0,
+            processor_refunded: 0,
             created_at: now,
             updated_at: now,
             succeeded_at: None,
@@ -3103,11 +3136,8 @@ impl Sim {
             .processor
             .payments
             .iter()
-            .filter(|(key, payment)| {
-                payment.state == PState::Succeeded
-                    && !payment.disputed
-                    && payment.refunded < payment.amount
-                    && (self.hostile || (self.store_knows_success(key) && !self.refund_pending(key)))
+            .filter(|(_, payment)| {
+                payment.state == PState::Succeeded && !payment.disputed && payment.refunded < payment.amount
             })
             .map(|(key, _)| key.clone())
             .collect();
@@ -3133,6 +3163,29 @@ impl Sim {
         Ok(())
     }
 
+    /// What Billing does before it applies refund or dispute news: when the store does not
+    /// know that the payment succeeded (the news came first, or the payment was never
+    /// linked), it asks the processor for the payment and settles the top-up from it, so
+    /// the news is applied, not acknowledged and lost.
+    async fn resolve_payment_first(&mut self, key: &str) -> Check {
+        if self.store_knows_success(key) {
+            return Ok(());
+        }
+        // Refunds and disputes exist only for a payment that succeeded, which is final:
+        // its latest news is that success.
+        let Some((_, news)) = self.processor.payments[key].news.last().cloned() else {
+            return Ok(());
+        };
+        self.tally("  billing: payment resolved before its refund or dispute news");
+        self.model
+            .count("refund or dispute news before the success: payment resolved first");
+        for topup in self.processor.payments[key].topups.clone() {
+            self.run_logged(Op::Pay(PayOp::Settle(topup, news.clone())))
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn deliver_refund_news(&mut self, key: &str, index: usize, webhook: bool) -> Check {
         let by_payment = self.rng.random_bool(0.7);
         self.deliver_refund_news_by(key, index, webhook, by_payment).await
@@ -3147,14 +3200,12 @@ impl Sim {
         webhook: bool,
         by_payment: bool,
     ) -> Check {
-        if !self.hostile && self.refund_pending(key) {
-            // Known gap: a total heard while a refund of ours is pending is taken to
-            // include it; if that refund is then refused, the rest is never recorded.
-            // Held back until the answer (delivered in hostile mode).
-            self.tally("  processor: charge.refunded held back while a refund is pending");
-            return Ok(());
+        if self.refund_pending(key) {
+            self.tally("  processor: charge.refunded while a refund of ours is pending");
         }
-        // Stripe's charge names its PaymentIntent: only the charge when the store has it.
+        self.resolve_payment_first(key).await?;
+        // Stripe's charge names its PaymentIntent: only the charge when the store has it
+        // (Billing looks the charge's payment up otherwise).
         let by_payment = by_payment || !self.store_knows_charge(key);
         let payment = &self.processor.payments[key];
         let (event, total) = payment.refund_news[index].clone();
@@ -3214,7 +3265,6 @@ impl Sim {
                         .disputes
                         .values()
                         .any(|dispute| dispute.payment == **key)
-                    && (self.hostile || self.store_knows_success(key))
             })
             .map(|(key, _)| key.clone())
             .collect();
@@ -3265,6 +3315,8 @@ impl Sim {
     }
 
     async fn deliver_dispute(&mut self, id: &str, index: usize, with_payment: bool, webhook: bool) -> Check {
+        let key = self.processor.disputes[id].payment.clone();
+        self.resolve_payment_first(&key).await?;
         let op = self.dispute_op(id, index, with_payment);
         let event = self.processor.disputes[id].news[index].0.clone();
         self.run_logged(op).await?;
@@ -3307,6 +3359,8 @@ impl Sim {
             }
         };
         if concurrent {
+            let key = self.processor.disputes[&id].payment.clone();
+            self.resolve_payment_first(&key).await?;
             let copies = self.rng.random_range(2..=3);
             let ops = (0..copies)
                 .map(|_| {
@@ -3489,7 +3543,10 @@ impl Sim {
             if events.is_empty() && pending.is_empty() {
                 break;
             }
-            if !self.hostile {
+            // The answers to pending refunds come before the events, or after them (the
+            // processor's totals then arrive while the refunds are still pending).
+            let answers_first = self.rng.random_bool(0.5);
+            if answers_first {
                 for id in &pending {
                     let answer = self.refund_decision(id);
                     self.run_logged(Op::Pay(PayOp::FinishRefund(id.clone(), answer)))
@@ -3513,8 +3570,7 @@ impl Sim {
                     _ => self.deliver_dispute(&key, index, true, true).await?,
                 }
             }
-            let hostile = self.hostile;
-            for id in pending.into_iter().filter(|_| hostile) {
+            for id in pending.into_iter().filter(|_| !answers_first) {
                 let answer = self.refund_decision(&id);
                 self.run_logged(Op::Pay(PayOp::FinishRefund(id, answer))).await?;
             }
