@@ -1,12 +1,71 @@
 //! The `tollgate` binary as an operator meets it: first start, CLI, verify.
+//!
+//! On SQLite (the default) each test runs in a directory of its own with no
+//! `TOLLGATE_DATABASE_URL`, as `cargo run --release` does, so the default
+//! `sqlite://tollgate.db` is what is exercised. With
+//! `TOLLGATE_TEST_STORE=postgres` each test gets a fresh PostgreSQL database
+//! instead (created by the store crate's test helper, dropped at the end) and
+//! every command is given its `TOLLGATE_DATABASE_URL`; an unreachable server
+//! fails the test.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-fn tollgate(dir: &std::path::Path) -> Command {
+use tollgate_store::testing::{Backend, TestDatabase};
+
+/// Where one test runs: its working directory, and its database.
+struct Place {
+    dir: tempfile::TempDir,
+    /// The test's PostgreSQL database; `None` on SQLite, whose file is the
+    /// default `tollgate.db` in `dir`.
+    postgres: Option<TestDatabase>,
+}
+
+impl Place {
+    /// A new place on the store `TOLLGATE_TEST_STORE` names.
+    fn new() -> Place {
+        let postgres = match Backend::from_env() {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(TestDatabase::of(Backend::Postgres)),
+        };
+        Place {
+            dir: tempfile::tempdir().unwrap(),
+            postgres,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs one SQL statement on the test's database, bypassing Tollgate (to tamper with it).
+    fn execute_sql(&self, sql: &str) {
+        match &self.postgres {
+            None => {
+                let connection = rusqlite::Connection::open(self.path().join("tollgate.db")).unwrap();
+                connection.execute_batch(sql).unwrap();
+            }
+            Some(database) => {
+                // psql, which comes with PostgreSQL: this crate has no PostgreSQL client of its own.
+                let output = Command::new("psql")
+                    .args(["--no-psqlrc", "-v", "ON_ERROR_STOP=1", "-c", sql, database.url()])
+                    .output()
+                    .expect("psql runs (it is installed with PostgreSQL)");
+                assert!(
+                    output.status.success(),
+                    "psql {sql:?} failed: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+        }
+    }
+}
+
+fn tollgate(place: &Place) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
     command
-        .current_dir(dir)
+        .current_dir(place.path())
         .env_remove("TOLLGATE_API_KEY")
         .env_remove("TOLLGATE_CONFIG")
         .env_remove("TOLLGATE_DATABASE_URL")
@@ -14,6 +73,9 @@ fn tollgate(dir: &std::path::Path) -> Command {
         .env_remove("TOLLGATE_STRIPE_API_BASE")
         .env("TOLLGATE_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "warn");
+    if let Some(database) = &place.postgres {
+        command.env("TOLLGATE_DATABASE_URL", database.url());
+    }
     command
 }
 
@@ -32,8 +94,8 @@ impl Drop for Server {
 }
 
 /// Starts `tollgate` (no subcommand, as `cargo run --release` does) and reads its banner.
-fn start(dir: &std::path::Path) -> Server {
-    let mut child = tollgate(dir)
+fn start(place: &Place) -> Server {
+    let mut child = tollgate(place)
         .stdout(Stdio::piped())
         .spawn()
         .expect("tollgate starts");
@@ -69,8 +131,8 @@ fn start(dir: &std::path::Path) -> Server {
     }
 }
 
-fn run_ok(dir: &std::path::Path, args: &[&str]) -> String {
-    let output = tollgate(dir).args(args).output().expect("tollgate runs");
+fn run_ok(place: &Place, args: &[&str]) -> String {
+    let output = tollgate(place).args(args).output().expect("tollgate runs");
     assert!(
         output.status.success(),
         "tollgate {args:?} failed: {}{}",
@@ -82,8 +144,8 @@ fn run_ok(dir: &std::path::Path, args: &[&str]) -> String {
 
 #[tokio::test]
 async fn first_start_prints_the_url_and_key_and_creates_the_demo_account() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path());
+    let place = Place::new();
+    let server = start(&place);
     let key = server
         .key
         .clone()
@@ -115,7 +177,7 @@ async fn first_start_prints_the_url_and_key_and_creates_the_demo_account() {
     drop(server);
 
     // Second start: same database, key not printed again, demo not recreated.
-    let again = start(dir.path());
+    let again = start(&place);
     assert_eq!(again.key, None);
     let account: serde_json::Value = client
         .get(format!("{}/v1/accounts/demo", again.url))
@@ -131,10 +193,10 @@ async fn first_start_prints_the_url_and_key_and_creates_the_demo_account() {
 
 #[test]
 fn cli_manages_accounts_and_verify_catches_a_tampered_balance() {
-    let dir = tempfile::tempdir().unwrap();
-    run_ok(dir.path(), &["migrate"]);
+    let place = Place::new();
+    run_ok(&place, &["migrate"]);
     run_ok(
-        dir.path(),
+        &place,
         &[
             "accounts",
             "create",
@@ -147,7 +209,7 @@ fn cli_manages_accounts_and_verify_catches_a_tampered_balance() {
         ],
     );
     let granted = run_ok(
-        dir.path(),
+        &place,
         &[
             "grant",
             "acme",
@@ -160,7 +222,7 @@ fn cli_manages_accounts_and_verify_catches_a_tampered_balance() {
     );
     assert!(granted.contains("credited $12.50"), "{granted}");
     let replay = run_ok(
-        dir.path(),
+        &place,
         &[
             "grant",
             "acme",
@@ -172,20 +234,20 @@ fn cli_manages_accounts_and_verify_catches_a_tampered_balance() {
         ],
     );
     assert!(replay.contains("replayed"), "{replay}");
-    let debit = run_ok(dir.path(), &["grant", "acme", "-2.50", "--reason", "correction"]);
+    let debit = run_ok(&place, &["grant", "acme", "-2.50", "--reason", "correction"]);
     assert!(debit.contains("balance now $10.00"), "{debit}");
-    let shown = run_ok(dir.path(), &["accounts", "show", "acme"]);
+    let shown = run_ok(&place, &["accounts", "show", "acme"]);
     assert!(
         shown.contains("balance $10.00") && shown.contains("tier Starter"),
         "{shown}"
     );
-    assert!(run_ok(dir.path(), &["accounts", "list"]).contains("acme"));
-    let verified = run_ok(dir.path(), &["ledger", "verify"]);
+    assert!(run_ok(&place, &["accounts", "list"]).contains("acme"));
+    let verified = run_ok(&place, &["ledger", "verify"]);
     assert!(verified.contains("ledger OK"), "{verified}");
 
     // Sales sets a plan from the command line; it is shown, validated and audited.
     let plan = run_ok(
-        dir.path(),
+        &place,
         &[
             "plan",
             "set",
@@ -202,39 +264,32 @@ fn cli_manages_accounts_and_verify_catches_a_tampered_balance() {
         plan.contains("acme: billing_mode=invoice credit_limit=250.00 net_terms_days=30 discount_percent=20 price.email_finder=0.01"),
         "{plan}"
     );
-    assert_eq!(run_ok(dir.path(), &["plan", "show", "acme"]), plan);
-    let refused = tollgate(dir.path())
+    assert_eq!(run_ok(&place, &["plan", "show", "acme"]), plan);
+    let refused = tollgate(&place)
         .args(["plan", "set", "acme", "--price", "teleport=0.01"])
         .output()
         .unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("prices.teleport"));
-    assert_eq!(run_ok(dir.path(), &["plan", "show", "acme"]), plan);
-    let audit = run_ok(dir.path(), &["audit", "--limit", "5"]);
+    assert_eq!(run_ok(&place, &["plan", "show", "acme"]), plan);
+    let audit = run_ok(&place, &["audit", "--limit", "5"]);
     let newest = audit.lines().next().unwrap_or_default();
     assert!(
         newest.contains("cli:") && newest.contains("plan.updated") && newest.contains("credit_limit=250.00"),
         "{audit}"
     );
     assert!(audit.contains("grant.created"), "{audit}");
-    run_ok(dir.path(), &["plan", "set", "acme"]);
+    run_ok(&place, &["plan", "set", "acme"]);
 
     // Money created out of thin air must be caught.
-    let connection = rusqlite::Connection::open(dir.path().join("tollgate.db")).unwrap();
-    connection
-        .execute(
-            "UPDATE accounts SET available_micros = available_micros + 1 WHERE id = 'acme'",
-            [],
-        )
-        .unwrap();
-    drop(connection);
-    let output = tollgate(dir.path()).args(["ledger", "verify"]).output().unwrap();
+    place.execute_sql("UPDATE accounts SET available_micros = available_micros + 1 WHERE id = 'acme'");
+    let output = tollgate(&place).args(["ledger", "verify"]).output().unwrap();
     assert!(!output.status.success());
     let report = String::from_utf8_lossy(&output.stdout);
     assert!(report.contains("MISMATCH account acme"), "{report}");
 
     // Bad input is refused with a reason and changes nothing.
-    let refused = tollgate(dir.path())
+    let refused = tollgate(&place)
         .args(["grant", "acme", "1.0000001", "--reason", "x"])
         .output()
         .unwrap();
@@ -244,10 +299,10 @@ fn cli_manages_accounts_and_verify_catches_a_tampered_balance() {
 
 #[test]
 fn a_bad_config_stops_start_up_with_the_reason() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("bad.toml");
+    let place = Place::new();
+    let config = place.path().join("bad.toml");
     std::fs::write(&config, "[billing]\ntier_basis = \"weekly\"\n").unwrap();
-    let output = tollgate(dir.path())
+    let output = tollgate(&place)
         .env("TOLLGATE_CONFIG", &config)
         .arg("migrate")
         .output()
@@ -258,13 +313,13 @@ fn a_bad_config_stops_start_up_with_the_reason() {
 
 #[test]
 fn the_stripe_sandbox_runs_alone_on_the_given_address() {
-    let dir = tempfile::tempdir().unwrap();
+    let place = Place::new();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let mut child = tollgate(dir.path())
+    let mut child = tollgate(&place)
         .args([
             "stripe-sandbox",
             "--addr",
@@ -298,8 +353,8 @@ fn the_stripe_sandbox_runs_alone_on_the_given_address() {
 
 #[tokio::test]
 async fn without_a_stripe_key_the_binary_takes_card_payments_through_its_own_sandbox() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path());
+    let place = Place::new();
+    let server = start(&place);
     let key = server.key.clone().expect("a generated key");
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -383,6 +438,6 @@ async fn without_a_stripe_key_the_binary_takes_card_payments_through_its_own_san
     assert_eq!(account["balance"], "75.00", "{account}");
     assert_eq!(account["payment_method"]["last4"], "4242", "{account}");
     drop(server);
-    let verified = run_ok(dir.path(), &["ledger", "verify"]);
+    let verified = run_ok(&place, &["ledger", "verify"]);
     assert!(verified.contains("ledger OK"), "{verified}");
 }

@@ -1,9 +1,12 @@
 //! Three `tollgate serve` processes on one PostgreSQL database, 64 clients
 //! charging one account whose balance fits exactly `FITS` charges, each
-//! idempotency key sent to two processes at the same instant, and one
-//! process killed with SIGKILL mid-run. Only the database keeps them
-//! consistent: exactly `FITS` charges, one per key, no overdraft, and
-//! `tollgate ledger verify` is clean. Needs PostgreSQL (scripts/test starts it).
+//! idempotency key sent to two different processes at the same instant (two
+//! different live ones after the kill too), and one process killed with
+//! SIGKILL mid-run. Only the database keeps them consistent: exactly `FITS`
+//! charges, one per key, no overdraft, and `tollgate ledger verify` is clean.
+//! The same with Auto Top-Up on: the balance crosses the threshold several
+//! times and the journal shows exactly one recharge per crossing, one card
+//! charge each. Needs PostgreSQL (scripts/test starts it); fails without it.
 //!
 //! And one process on the embedded SQLite store, killed with SIGKILL under load and
 //! started again: every acknowledged charge is there exactly once.
@@ -14,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use serde_json::{Value, json};
+use tollgate_core::Micros;
 use tollgate_store::testing::{Backend, TestDatabase};
 
 const KEY: &str = "tg_sk_multiProcessOperatorKey0123456789";
@@ -77,46 +81,78 @@ fn spawn_server(mut command: Command) -> Server {
     }
 }
 
-/// Sends one `email_finder` charge, moving to another live process when one does not answer.
+/// The processes still running: all three, or the first two once the third is killed.
+fn live_processes(killed: &AtomicBool) -> &'static [usize] {
+    if killed.load(Ordering::SeqCst) {
+        &[0, 1]
+    } else {
+        &[0, 1, 2]
+    }
+}
+
+/// What a process answered to one usage request.
+struct Answer {
+    status: u16,
+    body: Value,
+    /// Which process answered.
+    process: usize,
+    /// Whether the process first asked answered (no failover).
+    first_try: bool,
+}
+
+/// Sends one `email_finder` charge for `key` as copy `copy` (0 or 1) of its pair.
 async fn charge(
     client: &reqwest::Client,
     urls: &[String],
     killed: &AtomicBool,
-    first: usize,
-    key: &str,
-) -> (u16, Value) {
-    let body = json!({"action": "email_finder", "quantity": 1, "idempotency_key": key});
-    send_usage(client, urls, killed, first, &body).await
+    key_index: usize,
+    copy: usize,
+) -> Answer {
+    let body =
+        json!({"action": "email_finder", "quantity": 1, "idempotency_key": format!("key-{key_index}")});
+    send_usage(client, urls, killed, key_index + copy, &body).await
 }
 
-/// One `api` charge of 12 requests ($0.24), moving to a live process when one does not answer.
-async fn charge_api(
+/// One `api` charge of 12 requests ($0.24) for `key` as copy `copy` of its pair;
+/// refused for want of funds (402, which records nothing), it is sent again until
+/// it is paid, as a client waiting for its auto top-up would.
+async fn charge_api_until_paid(
     client: &reqwest::Client,
     urls: &[String],
     killed: &AtomicBool,
-    first: usize,
-    key: &str,
-) -> (u16, Value) {
-    let body = json!({"action": "api", "quantity": 12, "idempotency_key": key});
-    send_usage(client, urls, killed, first, &body).await
+    key_index: usize,
+    copy: usize,
+    refusals: &AtomicUsize,
+) -> Answer {
+    let body = json!({"action": "api", "quantity": 12, "idempotency_key": format!("cross-{key_index}")});
+    for _ in 0..2_000 {
+        let answer = send_usage(client, urls, killed, key_index + copy, &body).await;
+        if answer.status != 402 {
+            return answer;
+        }
+        refusals.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("key cross-{key_index} was refused for 40 s: no auto top-up came");
 }
 
-/// Posts a usage event to process `first`, then to the next live ones until one answers
-/// (anything but a 5xx: a killed process, or one shedding load, does not count).
+/// Posts a usage event to the live process in position `slot` (modulo the live
+/// ones), then to the next live ones until one answers (anything but a 5xx: a
+/// killed process, or one shedding load, does not count). The two copies of a key
+/// use consecutive slots, so while two or three processes live they go to two
+/// different ones, before the kill and after it.
 async fn send_usage(
     client: &reqwest::Client,
     urls: &[String],
     killed: &AtomicBool,
-    first: usize,
+    slot: usize,
     body: &Value,
-) -> (u16, Value) {
+) -> Answer {
     for attempt in 0..20 {
-        let mut index = (first + attempt) % urls.len();
-        if killed.load(Ordering::SeqCst) && index == 2 {
-            index = attempt % 2;
-        }
+        let live = live_processes(killed);
+        let process = live[(slot + attempt) % live.len()];
         let sent = client
-            .post(format!("{}/v1/accounts/acme/usage", urls[index]))
+            .post(format!("{}/v1/accounts/acme/usage", urls[process]))
             .bearer_auth(KEY)
             .json(body)
             .send()
@@ -126,12 +162,37 @@ async fn send_usage(
             if let Ok(body) = response.json::<Value>().await
                 && status < 500
             {
-                return (status, body);
+                return Answer {
+                    status,
+                    body,
+                    process,
+                    first_try: attempt == 0,
+                };
             }
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     panic!("no process answered for {body}");
+}
+
+/// Sends both copies of a key at the same instant; says whether the kill had
+/// already happened when they were sent. Copies sent after the kill that were
+/// answered without failover must have been answered by two different processes.
+async fn send_pair<F, Fut>(killed: &AtomicBool, send: F) -> (bool, Answer, Answer)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Answer>,
+{
+    let after_kill = killed.load(Ordering::SeqCst);
+    let (first, second) = tokio::join!(send(0), send(1));
+    if after_kill && first.first_try && second.first_try {
+        assert_ne!(
+            first.process, second.process,
+            "after the kill both copies of a key went to process {}",
+            first.process
+        );
+    }
+    (after_kill, first, second)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -180,13 +241,10 @@ async fn three_processes_one_database_exact_charges_through_a_sigkill() {
                     if key_index >= KEYS {
                         break results;
                     }
-                    let key = format!("key-{key_index}");
                     // The same key to two different processes at the same instant.
-                    let (first, second) = tokio::join!(
-                        charge(&client, &urls, &killed, key_index % 3, &key),
-                        charge(&client, &urls, &killed, key_index % 3 + 1, &key),
-                    );
-                    results.push((key, first, second));
+                    let (after_kill, first, second) =
+                        send_pair(&killed, |copy| charge(&client, &urls, &killed, key_index, copy)).await;
+                    results.push((format!("key-{key_index}"), after_kill, first, second));
                 }
             })
         })
@@ -200,10 +258,12 @@ async fn three_processes_one_database_exact_charges_through_a_sigkill() {
     let _ = servers[2].child.wait();
 
     let mut charged_ids = std::collections::BTreeSet::new();
-    let (mut charged_keys, mut refused_keys) = (0, 0);
+    let (mut charged_keys, mut refused_keys, mut pairs_after_kill) = (0, 0, 0);
     for task in tasks {
-        for (key, (status_a, body_a), (status_b, body_b)) in task.await.unwrap() {
-            match (status_a, status_b) {
+        for (key, after_kill, first, second) in task.await.unwrap() {
+            pairs_after_kill += usize::from(after_kill);
+            let (body_a, body_b) = (&first.body, &second.body);
+            match (first.status, second.status) {
                 (200 | 201, 200 | 201) => {
                     assert_eq!(
                         body_a["id"], body_b["id"],
@@ -220,6 +280,7 @@ async fn three_processes_one_database_exact_charges_through_a_sigkill() {
     assert_eq!(charged_keys, FITS, "exactly what fits is charged");
     assert_eq!(charged_ids.len(), FITS, "one charge per key");
     assert_eq!(refused_keys, KEYS - FITS);
+    assert!(pairs_after_kill > 0, "the kill came after the last key");
 
     let account: Value = client
         .get(format!("{}/v1/accounts/acme", urls[0]))
@@ -402,28 +463,43 @@ async fn three_processes_recharge_once_per_crossing_through_a_sigkill() {
         .unwrap();
     assert_eq!(rule.status().as_u16(), 200);
 
-    // 64 clients, 128 distinct keys of $0.24 (12 API requests), each key sent to two
-    // processes at once: $30.72 in all, so the balance crosses $50 once, and every
-    // process's worker races to recharge it.
-    const CROSSING_KEYS: usize = 128;
+    // 64 clients, CROSSING_KEYS distinct keys of 12 API requests ($0.24; $0.216 once
+    // $100 spent this cycle earns the Growth tier), each key sent to two processes at
+    // once, while every process's worker races to recharge. Each recharge brings the
+    // available balance from under $50 to $100 minus what was spent while it was in
+    // flight, i.e. it adds more than $50 and at most $100; so the k-th crossing of $50
+    // comes after $10 + (k - 1) × ($50 to $100) of spending, and the $226 spent crosses
+    // at least 3 and at most 5 times whatever the timing.
+    const CROSSING_KEYS: usize = 1_000;
+    let prices = [Micros::parse("0.24").unwrap(), Micros::parse("0.216").unwrap()];
+    let (threshold, funded) = (Micros::parse("50.00").unwrap(), Micros::parse("60.00").unwrap());
     let next = Arc::new(AtomicUsize::new(0));
     let killed = Arc::new(AtomicBool::new(false));
+    let refusals = Arc::new(AtomicUsize::new(0));
     let tasks: Vec<_> = (0..CLIENTS)
         .map(|_| {
-            let (next, killed, urls, client) = (next.clone(), killed.clone(), urls.clone(), client.clone());
+            let (next, killed, urls, client, refusals) = (
+                next.clone(),
+                killed.clone(),
+                urls.clone(),
+                client.clone(),
+                refusals.clone(),
+            );
             tokio::spawn(async move {
+                let mut charge_ids = Vec::new();
                 loop {
                     let key_index = next.fetch_add(1, Ordering::SeqCst);
                     if key_index >= CROSSING_KEYS {
-                        break;
+                        break charge_ids;
                     }
-                    let key = format!("cross-{key_index}");
-                    let (first, second) = tokio::join!(
-                        charge_api(&client, &urls, &killed, key_index % 3, &key),
-                        charge_api(&client, &urls, &killed, key_index % 3 + 1, &key),
-                    );
-                    assert_eq!(first.0, 200, "{}", first.1);
-                    assert_eq!(first.1["id"], second.1["id"], "one charge per key");
+                    let (_, first, second) = send_pair(&killed, |copy| {
+                        charge_api_until_paid(&client, &urls, &killed, key_index, copy, &refusals)
+                    })
+                    .await;
+                    assert_eq!(first.status, 200, "{}", first.body);
+                    assert_eq!(second.status, 200, "{}", second.body);
+                    assert_eq!(first.body["id"], second.body["id"], "one charge per key");
+                    charge_ids.push(first.body["id"].as_str().unwrap().to_owned());
                 }
             })
         })
@@ -434,57 +510,139 @@ async fn three_processes_recharge_once_per_crossing_through_a_sigkill() {
     killed.store(true, Ordering::SeqCst);
     servers[2].child.kill().expect("SIGKILL the third process");
     let _ = servers[2].child.wait();
+    let mut charge_ids = std::collections::BTreeSet::new();
     for task in tasks {
-        task.await.unwrap();
+        charge_ids.extend(task.await.unwrap());
     }
+    assert_eq!(charge_ids.len(), CROSSING_KEYS, "one charge per key");
 
-    // Wait for the recharge to land, then for anything else that might (it must not).
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    // The last crossing's recharge settles: the rule is armed again and the balance is
+    // at or above the threshold, so no further recharge is due (nothing is spent any more).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let account = get_json(&client, &format!("{}/v1/accounts/acme", urls[0])).await;
-        if account["auto_recharge"]["status"] == "active"
-            && account["auto_recharge"]["recharged_this_cycle"] != "0.00"
-        {
+        let available = Micros::parse(account["available_balance"].as_str().unwrap()).unwrap();
+        let status = account["auto_recharge"]["status"].as_str().unwrap().to_owned();
+        assert!(
+            status == "active" || status == "in_progress",
+            "the rule left the happy path: {account}"
+        );
+        if status == "active" && available >= threshold {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no recharge: {account}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the last recharge did not settle: {account}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
-    let lines = get_json(
-        &client,
-        &format!("{}/v1/accounts/acme/transactions?limit=100", urls[1]),
-    )
-    .await;
-    let recharges: Vec<&Value> = lines["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|line| line["type"] == "auto_recharge")
-        .collect();
-    assert_eq!(
-        recharges.len(),
-        1,
-        "exactly one recharge for one crossing: {recharges:?}"
+
+    // The whole journal, oldest first: every page, newest first, reversed.
+    let mut lines: Vec<Value> = Vec::new();
+    let mut page_url = format!("{}/v1/accounts/acme/transactions?limit=100", urls[1]);
+    loop {
+        let page = get_json(&client, &page_url).await;
+        let data = page["data"].as_array().unwrap();
+        lines.extend(data.iter().cloned());
+        if page["has_more"] != true {
+            break;
+        }
+        let last = data.last().unwrap()["id"].as_str().unwrap();
+        page_url = format!(
+            "{}/v1/accounts/acme/transactions?limit=100&starting_after={last}",
+            urls[1]
+        );
+    }
+    lines.reverse();
+    let money = |line: &Value, field: &str| Micros::parse(line[field].as_str().unwrap()).unwrap();
+    // The funding grant comes first; the rule was switched on right after it.
+    assert_eq!(lines[0]["type"], "grant", "{}", lines[0]);
+    assert_eq!(money(&lines[0], "available_balance_after"), funded);
+    // Walk it: a crossing is a line taking the available balance from at or above the
+    // threshold to below it. Each crossing is answered by exactly one recharge before the
+    // next crossing, and each recharge answers a crossing since the previous recharge.
+    let (mut crossings, mut recharges, mut usage_lines) = (0, 0, 0);
+    let (mut recharged, mut spent) = (Micros::ZERO, Micros::ZERO);
+    let mut awaiting_recharge = false;
+    let mut above = true;
+    for line in &lines[1..] {
+        let available = money(line, "available_balance_after");
+        assert!(!available.is_negative(), "overdraft: {line}");
+        match line["type"].as_str().unwrap() {
+            "auto_recharge" => {
+                assert!(
+                    awaiting_recharge,
+                    "recharge {} without a crossing since the previous one: {line}",
+                    recharges + 1
+                );
+                awaiting_recharge = false;
+                recharges += 1;
+                recharged = recharged.checked_add(money(line, "amount")).unwrap();
+                // Adding more than target - threshold brings the balance back above it.
+                assert!(
+                    available >= threshold,
+                    "a recharge left the balance below the threshold: {line}"
+                );
+            }
+            "usage" => {
+                usage_lines += 1;
+                let cost = money(line, "amount").checked_neg().unwrap();
+                assert!(
+                    prices.contains(&cost),
+                    "12 API requests at Starter or Growth prices: {line}"
+                );
+                spent = spent.checked_add(cost).unwrap();
+                if above && available < threshold {
+                    assert!(
+                        !awaiting_recharge,
+                        "crossing {} before crossing {} was recharged: {line}",
+                        crossings + 1,
+                        crossings
+                    );
+                    crossings += 1;
+                    awaiting_recharge = true;
+                }
+            }
+            other => panic!("unexpected {other} line: {line}"),
+        }
+        above = available >= threshold;
+    }
+    assert!(!awaiting_recharge, "crossing {crossings} was never recharged");
+    assert_eq!(recharges, crossings, "exactly one recharge per crossing");
+    // Over $210.24 spent (three crossings however large the recharges), under $260
+    // (six would need more, however small).
+    assert!(
+        spent > Micros::parse("210.24").unwrap() && spent < Micros::parse("260.00").unwrap(),
+        "{spent}"
     );
+    assert!(
+        (3..=5).contains(&crossings),
+        "${spent} of spending crosses $50 three to five times, not {crossings}"
+    );
+    assert_eq!(usage_lines, CROSSING_KEYS, "one usage line per key");
+    println!(
+        "{crossings} crossings, {recharges} recharges of ${recharged} for ${spent} spent, {} refusals (402) retried",
+        refusals.load(Ordering::SeqCst)
+    );
+
+    // Stripe charged the card once per recharge, no more.
     let state = get_json(&client, &format!("{}/__sandbox/state", sandbox.url)).await;
-    let succeeded = state["charges"]
-        .as_array()
-        .unwrap()
+    let charges = state["charges"].as_array().unwrap();
+    let succeeded = charges
         .iter()
         .filter(|charge| charge["status"] == "succeeded")
         .count();
-    assert_eq!(succeeded, 1, "exactly one card charge: {}", state["charges"]);
+    assert_eq!(succeeded, recharges, "one card charge per recharge: {charges:?}");
+    assert_eq!(charges.len(), recharges, "no other charge attempted: {charges:?}");
+
+    // No cent created or lost.
     let account = get_json(&client, &format!("{}/v1/accounts/acme", urls[0])).await;
-    let balance = tollgate_core::Micros::parse(account["balance"].as_str().unwrap()).unwrap();
-    let recharged = tollgate_core::Micros::parse(recharges[0]["amount"].as_str().unwrap()).unwrap();
-    let spent = tollgate_core::Micros::parse("30.72").unwrap();
-    let funded = tollgate_core::Micros::parse("60.00").unwrap();
     assert_eq!(
-        balance,
+        Micros::parse(account["balance"].as_str().unwrap()).unwrap(),
         funded.checked_sub(spent).unwrap().checked_add(recharged).unwrap(),
-        "no cent created or lost: {account}"
+        "{account}"
     );
+    assert_eq!(account["held_balance"], json!("0.00"), "{account}");
 
     drop(servers);
     let verified = tollgate(&url)

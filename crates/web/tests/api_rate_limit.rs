@@ -1,4 +1,6 @@
-//! Per-key rate limiting: `429 rate_limited` with `Retry-After`, per key.
+//! Per-key rate limiting: `429 rate_limited` with `Retry-After`, per key. Runs on
+//! SQLite, and on PostgreSQL with `TOLLGATE_TEST_STORE=postgres` (API keys are
+//! looked up in the store, so both backends must serve them).
 
 use std::sync::Arc;
 
@@ -6,8 +8,8 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use tollgate_core::pricing::default_price_book;
 use tollgate_core::{ManualClock, TierBasis};
-use tollgate_store::sqlite::{SqliteStore, StoreRules};
-use tollgate_store::{ApiKeyRecord, Store};
+use tollgate_store::testing::TestDatabase;
+use tollgate_store::{ApiKeyRecord, StoreRules};
 use tollgate_web::{AppState, WebConfig, app, auth};
 use tower::ServiceExt;
 
@@ -20,23 +22,18 @@ fn request(key: &str) -> Request<Body> {
 
 #[tokio::test]
 async fn a_key_over_its_rate_gets_429_while_other_keys_pass() {
-    let dir = tempfile::tempdir().unwrap();
+    // The store the other web tests use: `TOLLGATE_TEST_STORE` picks it.
+    let database = TestDatabase::new();
     let clock = Arc::new(ManualClock::new(
         time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000),
     ));
     let book = Arc::new(default_price_book());
-    let store = Arc::new(
-        SqliteStore::open(
-            &dir.path().join("rate.db"),
-            StoreRules {
-                price_book: book.clone(),
-                tier_basis: TierBasis::Cycle,
-                clock: clock.clone(),
-                balance_low_level: tollgate_core::DEFAULT_BALANCE_LOW_LEVEL,
-            },
-        )
-        .unwrap(),
-    );
+    let store = database.open(StoreRules {
+        price_book: book.clone(),
+        tier_basis: TierBasis::Cycle,
+        clock: clock.clone(),
+        balance_low_level: tollgate_core::DEFAULT_BALANCE_LOW_LEVEL,
+    });
     let other_key = auth::generate_api_key();
     store
         .insert_api_key(ApiKeyRecord {
