@@ -160,7 +160,9 @@ pub(crate) fn router(app: Arc<App>) -> Router<Arc<App>> {
         )
         .route(
             "/v1/payment_intents",
-            post_new(|state, params, origin| state.create_payment_intent(params, origin)),
+            get_list(|state, params| state.list_payment_intents(params)).merge(post_new(
+                |state, params, origin| state.create_payment_intent(params, origin),
+            )),
         )
         .route(
             "/v1/payment_intents/{id}",

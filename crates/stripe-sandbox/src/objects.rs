@@ -271,6 +271,8 @@ impl SetupIntent {
 pub(crate) struct PaymentIntent {
     pub(crate) id: String,
     pub(crate) created: i64,
+    /// Creation order, for lists (newest first, as Stripe pages them); not on the wire.
+    pub(crate) seq: u64,
     pub(crate) client_secret: String,
     pub(crate) amount: i64,
     pub(crate) amount_received: i64,
@@ -295,6 +297,7 @@ impl PaymentIntent {
             client_secret: client_secret(&id),
             id,
             created,
+            seq: 0,
             amount,
             amount_received: 0,
             currency,

@@ -638,6 +638,69 @@ mod tests {
     }
 
     #[test]
+    fn payment_intents_are_listed_newest_first_by_customer_and_creation() {
+        let mut state = State::new("http://sandbox.test".into(), None, 100);
+        let mut customer = || {
+            state
+                .create_customer(params("email=a%40b.c"), &Origin::default())
+                .unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let (ours, theirs) = (customer(), customer());
+        let mut ids = Vec::new();
+        for (who, amount) in [(&ours, 1000), (&theirs, 1500), (&ours, 2000), (&ours, 3000)] {
+            let pi = state
+                .create_payment_intent(
+                    params(&format!(
+                        "amount={amount}&currency=usd&customer={who}&metadata[tollgate_reference]=top_{amount}"
+                    )),
+                    &Origin::default(),
+                )
+                .unwrap();
+            ids.push(pi["id"].as_str().unwrap().to_string());
+        }
+        let amounts = |v: &Value| {
+            v["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|pi| pi["amount"].as_i64().unwrap())
+                .collect::<Vec<_>>()
+        };
+        let first = state
+            .list_payment_intents(params(&format!("customer={ours}&limit=2")))
+            .unwrap();
+        assert_eq!(first["object"], "list");
+        assert_eq!(first["url"], "/v1/payment_intents");
+        assert_eq!(amounts(&first), [3000, 2000]);
+        assert_eq!(first["has_more"], true);
+        assert_eq!(first["data"][0]["metadata"]["tollgate_reference"], "top_3000");
+        let rest = state
+            .list_payment_intents(params(&format!(
+                "customer={ours}&limit=2&starting_after={}",
+                ids[2]
+            )))
+            .unwrap();
+        assert_eq!(amounts(&rest), [1000]);
+        assert_eq!(rest["has_more"], false);
+        let all = state.list_payment_intents(params("")).unwrap();
+        assert_eq!(amounts(&all), [3000, 2000, 1500, 1000]);
+        let since = now() + 60;
+        let later = state
+            .list_payment_intents(params(&format!("customer={ours}&created[gte]={since}")))
+            .unwrap();
+        assert_eq!(amounts(&later), Vec::<i64>::new());
+        let before = state
+            .list_payment_intents(params(&format!("customer={ours}&created[gte]={}", since - 3600)))
+            .unwrap();
+        assert_eq!(amounts(&before), [3000, 2000, 1000]);
+        assert!(state.list_payment_intents(params("customer=cus_nobody")).is_err());
+        assert!(state.list_payment_intents(params("colour=blue")).is_err());
+    }
+
+    #[test]
     fn stored_events_are_capped() {
         let mut state = State::new("http://sandbox.test".into(), None, 3);
         for _ in 0..5 {

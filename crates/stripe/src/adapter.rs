@@ -20,20 +20,21 @@ use stripe_checkout::checkout_session::{
     CreateCheckoutSessionPaymentIntentData, CreateCheckoutSessionPaymentIntentDataSetupFutureUsage,
     CreateCheckoutSessionSetupIntentData, ExpireCheckoutSession, ProductData, RetrieveCheckoutSession,
 };
+use stripe_core::charge::RetrieveCharge;
 use stripe_core::customer::{CreateCustomer, UpdateCustomer, UpdateCustomerInvoiceSettings};
 use stripe_core::payment_intent::{
-    CreatePaymentIntent, CreatePaymentIntentOffSession, RetrievePaymentIntent,
+    CreatePaymentIntent, CreatePaymentIntentOffSession, ListPaymentIntent, RetrievePaymentIntent,
 };
 use stripe_core::refund::CreateRefund;
 use stripe_payment::payment_method::{DetachPaymentMethod, RetrievePaymentMethod};
 use stripe_shared::{CheckoutSessionMode, CheckoutSessionStatus, PaymentIntentStatus, SetupIntentStatus};
-use stripe_types::Currency;
+use stripe_types::{Currency, RangeQueryTs};
 use tollgate_core::{AccountId, Micros};
 
 use crate::port::{
     Card, ChargeRequest, CheckoutPurpose, CheckoutRequest, CheckoutSession, CheckoutSessionId,
-    CheckoutStatus, CustomerId, Payment, PaymentIntentId, PaymentMethodId, PaymentStatus, Payments,
-    PaymentsError, Refund, RefundId, RefundStatus,
+    CheckoutStatus, CustomerId, MAX_LISTED_PAYMENTS, Payment, PaymentIntentId, PaymentMethodId,
+    PaymentStatus, Payments, PaymentsError, Refund, RefundId, RefundStatus,
 };
 
 /// Default per-attempt timeout.
@@ -54,6 +55,8 @@ pub const ACCOUNT_METADATA_KEY: &str = "tollgate_account_id";
 pub const REFERENCE_METADATA_KEY: &str = "tollgate_reference";
 /// What `retrieve_checkout` expands so the card and payment come in one round trip.
 const SESSION_EXPANSIONS: [&str; 2] = ["setup_intent.payment_method", "payment_intent.payment_method"];
+/// Stripe's largest list page.
+const LIST_PAGE_SIZE: usize = 100;
 /// async-stripe's message when a non-2xx body is not Stripe's JSON error (a proxy's HTML 502…):
 /// the status is lost, so this text is the only way to tell it from an unparseable success.
 const UNPARSEABLE_ERROR_BODY: &str = "error deserializing Stripe error";
@@ -762,6 +765,61 @@ impl Payments for StripePayments {
         payment_of(&pi)
     }
 
+    async fn customer_payments(
+        &self,
+        customer: &CustomerId,
+        created_since: i64,
+    ) -> Result<Vec<Payment>, PaymentsError> {
+        path_id(customer.as_str(), "customer")?;
+        let mut payments = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut request = ListPaymentIntent::new()
+                .customer(customer.as_str())
+                .created(RangeQueryTs::gte(created_since))
+                .limit(LIST_PAGE_SIZE as i64);
+            if let Some(last) = after.take() {
+                request = request.starting_after(last);
+            }
+            let page = self
+                .send("list_payments", &request, Safety::Read)
+                .await
+                .map_err(Failure::into_error)?;
+            for pi in &page.data {
+                payments.push(payment_of(pi)?);
+            }
+            if !page.has_more {
+                return Ok(payments);
+            }
+            if payments.len() >= MAX_LISTED_PAYMENTS {
+                return Err(PaymentsError::Unexpected(format!(
+                    "customer {customer} has more than {MAX_LISTED_PAYMENTS} payments since {created_since}"
+                )));
+            }
+            // Stripe pages newest first; the next page starts after the oldest seen.
+            match page.data.last() {
+                Some(last) => after = Some(last.id.as_str().to_owned()),
+                None => {
+                    return Err(PaymentsError::Unexpected(
+                        "an empty page of payments that says there are more".to_owned(),
+                    ));
+                }
+            }
+        }
+    }
+
+    async fn charge_payment(&self, charge: &str) -> Result<Option<PaymentIntentId>, PaymentsError> {
+        let id = path_id(charge, "charge")?;
+        let charge = self
+            .send("retrieve_charge", &RetrieveCharge::new(id), Safety::Read)
+            .await
+            .map_err(Failure::into_error)?;
+        Ok(charge
+            .payment_intent
+            .as_ref()
+            .map(|pi| PaymentIntentId::new(pi.id().as_str())))
+    }
+
     async fn refund(
         &self,
         intent: &PaymentIntentId,
@@ -879,6 +937,99 @@ mod tests {
     #[test]
     fn fresh_keys_differ_per_call() {
         assert_ne!(fresh_key("detach_card"), fresh_key("detach_card"));
+    }
+
+    /// The list and charge lookups against the sandbox: async-stripe parses its list shape,
+    /// every page is read, and `created` and `customer` filter.
+    #[tokio::test]
+    async fn customer_payments_are_read_across_pages_and_charges_name_their_payment() {
+        let sandbox = tollgate_stripe_sandbox::Sandbox::start(
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            tollgate_stripe_sandbox::SandboxConfig::new("whsec_adapter_unit"),
+        )
+        .await
+        .expect("sandbox starts");
+        let payments = StripePayments::new(StripeConfig {
+            api_base: Some(sandbox.base_url()),
+            retry_base_delay_ms: 10,
+            ..config()
+        })
+        .expect("valid config");
+        let account = AccountId::parse("acme").expect("id");
+        let customer = payments
+            .create_customer(&account, "Acme", "billing@acme.test", "customer-acme")
+            .await
+            .expect("customer");
+        let other = payments
+            .create_customer(&account, "Other", "billing@other.test", "customer-other")
+            .await
+            .expect("customer");
+        let charge = |customer: &CustomerId, index: usize| ChargeRequest {
+            customer: customer.clone(),
+            payment_method: PaymentMethodId::new("pm_card_visa"),
+            amount: Micros::new(10_000_000),
+            idempotency_key: format!("charge-{customer}-{index}"),
+            description: String::new(),
+            metadata: BTreeMap::from([(REFERENCE_METADATA_KEY.to_owned(), format!("top_{index}"))]),
+        };
+        let count = LIST_PAGE_SIZE + 2;
+        let mut first = None;
+        for index in 0..count {
+            let made = payments
+                .charge_off_session(charge(&customer, index))
+                .await
+                .expect("charged");
+            first.get_or_insert(made);
+        }
+        payments
+            .charge_off_session(charge(&other, 0))
+            .await
+            .expect("charged");
+        let since = time_now() - 3_600;
+        let listed = payments
+            .customer_payments(&customer, since)
+            .await
+            .expect("listed");
+        assert_eq!(listed.len(), count);
+        assert!(
+            listed
+                .iter()
+                .all(|payment| payment.customer.as_ref() == Some(&customer))
+        );
+        // Newest first: the first charge is last.
+        let first = first.expect("one charge");
+        assert_eq!(listed.last().map(|payment| &payment.intent), Some(&first.intent));
+        assert_eq!(
+            listed
+                .last()
+                .and_then(|payment| payment.metadata.get(REFERENCE_METADATA_KEY)),
+            Some(&"top_0".to_owned())
+        );
+        assert!(
+            payments
+                .customer_payments(&customer, time_now() + 3_600)
+                .await
+                .expect("listed")
+                .is_empty()
+        );
+
+        let charge_id = first.charge.clone().expect("a charge");
+        assert_eq!(
+            payments.charge_payment(&charge_id).await.expect("charge"),
+            Some(first.intent.clone())
+        );
+        assert!(matches!(
+            payments.charge_payment("ch_missing").await,
+            Err(PaymentsError::NotFound(_))
+        ));
+        sandbox.shutdown().await;
+    }
+
+    fn time_now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|since| since.as_secs() as i64)
+            .unwrap_or_default()
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub use adapter::{
 };
 pub use port::{
     Card, ChargeRequest, CheckoutPurpose, CheckoutRequest, CheckoutSession, CheckoutSessionId,
-    CheckoutStatus, CustomerId, Payment, PaymentIntentId, PaymentMethodId, PaymentStatus, Payments,
-    PaymentsError, Refund, RefundId, RefundStatus,
+    CheckoutStatus, CustomerId, MAX_LISTED_PAYMENTS, Payment, PaymentIntentId, PaymentMethodId,
+    PaymentStatus, Payments, PaymentsError, Refund, RefundId, RefundStatus,
 };
 pub use webhook::{DEFAULT_TOLERANCE_SECS, PaymentEvent, PaymentEventKind, WebhookError, WebhookVerifier};

@@ -67,6 +67,10 @@ processor_id!(
     RefundId
 );
 
+/// Most payments [`Payments::customer_payments`] reads before it gives up (in pages of 100):
+/// bounds the work one lookup can cause.
+pub const MAX_LISTED_PAYMENTS: usize = 1_000;
+
 /// A saved card as the Billing page shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Card {
@@ -329,6 +333,21 @@ pub trait Payments: Send + Sync + 'static {
 
     /// A payment as it stands now (to resolve an unknown outcome).
     async fn payment(&self, id: &PaymentIntentId) -> Result<Payment, PaymentsError>;
+
+    /// Every payment of `customer` created at or after `created_since` (Unix seconds), newest
+    /// first: how a charge whose request may never have arrived is looked for, by the
+    /// reference in its metadata, instead of being sent again.
+    ///
+    /// All pages are read; a customer with more than [`MAX_LISTED_PAYMENTS`] such payments is
+    /// an error rather than a partial answer, since "not found" must mean not there.
+    async fn customer_payments(
+        &self,
+        customer: &CustomerId,
+        created_since: i64,
+    ) -> Result<Vec<Payment>, PaymentsError>;
+
+    /// The payment a charge (`ch_…`) belongs to; `None` for a charge made without one.
+    async fn charge_payment(&self, charge: &str) -> Result<Option<PaymentIntentId>, PaymentsError>;
 
     /// Refunds a payment: all of what remains, or `amount` (whole cents) of it.
     async fn refund(

@@ -377,6 +377,7 @@ impl State {
         payment_intent.metadata = session.pi_metadata.clone();
         payment_intent.description = session.pi_description.clone();
         payment_intent.setup_future_usage = session.pi_setup_future_usage.clone();
+        payment_intent.seq = self.next_seq();
         let id = payment_intent.id.clone();
         let v = payment_intent.to_json();
         self.payment_intents.insert(id.clone(), payment_intent);

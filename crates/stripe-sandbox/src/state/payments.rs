@@ -84,6 +84,7 @@ impl State {
         check_capacity(&self.payment_intents)?;
         check_capacity(&self.charges)?;
         let mut payment_intent = PaymentIntent::new(new_id("pi", 24), now(), amount, currency);
+        payment_intent.seq = self.next_seq();
         payment_intent.customer = customer;
         payment_intent.payment_method = payment_method;
         payment_intent.metadata = metadata;
@@ -105,6 +106,41 @@ impl State {
             .get(&id)
             .ok_or_else(|| ApiError::api("payment intent vanished"))?;
         self.respond(payment_intent.to_json(), &expand)
+    }
+
+    /// `GET /v1/payment_intents`: newest first, optionally one customer's and within a
+    /// `created` range, paged like every Stripe list.
+    pub(crate) fn list_payment_intents(&self, mut params: Params) -> Result<Value, ApiError> {
+        let customer = non_empty(params.str(&["customer"])?).flatten();
+        let created = created_range(&mut params)?;
+        let limit = crate::wire::list_limit(&mut params)?;
+        let starting_after = params.str(&["starting_after"])?;
+        let ending_before = params.str(&["ending_before"])?;
+        let expand = params.str_list(&["expand"])?;
+        params.finish()?;
+        if let Some(c) = &customer
+            && !self.customers.contains_key(c)
+        {
+            return Err(ApiError::no_such("customer", c, Some("customer")));
+        }
+        let mut items: Vec<(u64, String, &PaymentIntent)> = self
+            .payment_intents
+            .values()
+            .filter(|pi| customer.is_none() || pi.customer == customer)
+            .filter(|pi| created.0.is_none_or(|lo| pi.created >= lo))
+            .filter(|pi| created.1.is_none_or(|hi| pi.created <= hi))
+            .map(|pi| (pi.seq, pi.id.clone(), pi))
+            .collect();
+        items.sort_by_key(|item| std::cmp::Reverse(item.0));
+        let (page, has_more) = paginate(
+            items,
+            limit,
+            starting_after.as_deref(),
+            ending_before.as_deref(),
+            "payment_intent",
+        )?;
+        let data = page.into_iter().map(PaymentIntent::to_json).collect();
+        self.respond(list_json("/v1/payment_intents", data, has_more), &expand)
     }
 
     fn check_payment_method_for(&self, payment_method: &str, customer: Option<&str>) -> Result<(), ApiError> {
