@@ -36,7 +36,7 @@ pub use auto_recharge::{
 pub use cards::{CardReturn, CardSetupStart};
 pub use invoices::{InvoiceCardPayment, invoice_document};
 pub use receipts::ReceiptFormat;
-pub use recovery::{RECOVERY_INTERVAL_MS, RecoveryReport};
+pub use recovery::{RECOVERY_INTERVAL_MS, RecoveryReport, UNSENT_CHARGE_GIVE_UP, UNSENT_FAILURE_CODE};
 pub use refunds::RefundOutcome;
 pub use topups::{CheckoutReturn, TopupStart};
 pub use webhooks::WebhookOutcome;

@@ -833,3 +833,503 @@ async fn payment_routes_without_a_processor_answer_503() {
         None,
     );
 }
+
+// ---------------------------------------------------------------------------
+// Webhooks that overtake what they are about, delayed webhooks, returns before webhooks,
+// and top-ups whose charge never reached Stripe.
+
+/// Calls the sandbox's Stripe API directly, as Stripe's dashboard (or another program on
+/// the same Stripe account) would.
+async fn stripe_api(server: &TestServer, path: &str, form: &[(&str, &str)]) -> Value {
+    let response = reqwest::Client::new()
+        .post(format!("{}{path}", server.sandbox().base_url()))
+        .bearer_auth("sk_test_dashboard")
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert!(status.is_success(), "{path}: {status} {body}");
+    body
+}
+
+/// The only top-up of the account (a 503 answer carries none).
+async fn only_topup(server: &TestServer, account: &str) -> Value {
+    let (_, list) = server.get(&format!("/v1/accounts/{account}/topups")).await;
+    let data = list["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1, "{list}");
+    data[0].clone()
+}
+
+/// The sandbox's payment intent made for `topup` (found by the reference Tollgate sent).
+fn intent_for(server: &TestServer, topup: &str) -> Value {
+    let state = server.sandbox().state();
+    state["payment_intents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|intent| intent["metadata"]["tollgate_reference"] == topup)
+        .cloned()
+        .unwrap_or_else(|| panic!("no payment intent for {topup}: {state}"))
+}
+
+/// How many times Tollgate acknowledged each event so far.
+fn acknowledged(server: &TestServer) -> std::collections::HashMap<String, usize> {
+    let mut counts = std::collections::HashMap::new();
+    for delivery in server.sandbox().deliveries() {
+        if delivery.succeeded() {
+            *counts.entry(delivery.event_id).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// Sends every event Stripe holds again and waits until Tollgate acknowledged each once more
+/// (a queued event keeps its old delivery status, so `settle_webhooks` cannot tell).
+async fn redeliver_all_and_wait(server: &TestServer) {
+    let before = acknowledged(server);
+    let events: Vec<String> = server.sandbox().state()["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|event| event["id"].as_str().map(str::to_owned))
+        .collect();
+    // Events already queued are not queued twice; they are delivered all the same.
+    server.sandbox().redeliver_all_events();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = acknowledged(server);
+        let behind: Vec<&String> = events
+            .iter()
+            .filter(|id| now.get(*id).copied().unwrap_or(0) <= before.get(*id).copied().unwrap_or(0))
+            .collect();
+        if behind.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "events not acknowledged again: {behind:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn event_ids(server: &TestServer, kind: &str) -> Vec<String> {
+    server.sandbox().state()["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|event| event["type"] == kind)
+        .map(|event| event["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A saved-card top-up that Stripe charged but whose answer, and every webhook about it,
+/// never reached Tollgate: it stays pending with no payment stored.
+async fn charged_but_unheard(server: &TestServer, amount: &str) -> (String, String) {
+    server.create_account("acme").await;
+    server.add_card("acme", CARD_OK).await;
+    server.settle_webhooks().await;
+    server.sandbox().set_webhook_faults(WebhookFaults {
+        drop_next: 50,
+        ..WebhookFaults::default()
+    });
+    // The first attempt and the adapter's two retries: each is charged (or replayed), then fails.
+    server.sandbox().inject_api_fault(ApiFault {
+        count: 3,
+        kind: ApiFaultKind::Fail,
+        when: FaultTiming::After,
+        path_prefix: Some("/v1/payment_intents".to_owned()),
+    });
+    let response = server.topup("acme", amount, "buy").await;
+    assert_eq!(response.0, StatusCode::SERVICE_UNAVAILABLE, "{}", response.1);
+    let topup = only_topup(server, "acme").await;
+    assert_eq!(topup["status"], "pending", "{topup}");
+    assert!(topup["payment_reference"].is_null(), "{topup}");
+    let intent = intent_for(server, topup["id"].as_str().unwrap());
+    assert_eq!(intent["status"], "succeeded", "Stripe did charge: {intent}");
+    server.settle_webhooks().await;
+    server.sandbox().clear_faults();
+    (
+        topup["id"].as_str().unwrap().to_owned(),
+        intent["id"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_refund_heard_before_the_payment_is_applied_after_asking_stripe_for_the_payment() {
+    let server = TestServer::start_with_payments().await;
+    let (topup, intent) = charged_but_unheard(&server, "75.00").await;
+    assert_eq!(balance(&server, "acme").await, "0.00");
+
+    // Refunded in Stripe's dashboard; `charge.refunded` is the first Tollgate hears of it.
+    stripe_api(
+        &server,
+        "/v1/refunds",
+        &[("payment_intent", intent.as_str()), ("amount", "2500")],
+    )
+    .await;
+    let refunded = event_ids(&server, "charge.refunded");
+    assert_eq!(refunded.len(), 1);
+    server
+        .wait_for_account("acme", "the credit and the refund", |account| {
+            account["balance"] == "50.00"
+        })
+        .await;
+    server.settle_webhooks().await;
+    assert_eq!(
+        server.sandbox().delivery_status(&refunded[0]),
+        Some(tollgate_stripe_sandbox::DeliveryStatus::Delivered)
+    );
+    let (_, fetched) = server.get(&format!("/v1/topups/{topup}")).await;
+    assert_eq!(fetched["status"], "succeeded", "{fetched}");
+    assert_eq!(fetched["payment_reference"], intent.as_str());
+    assert_eq!(fetched["refunded"], "25.00", "{fetched}");
+
+    // Every event again, in any order: credited once, refunded once.
+    redeliver_all_and_wait(&server).await;
+    assert_eq!(balance(&server, "acme").await, "50.00");
+    assert_eq!(lines_of(&server, "acme", "topup").await.len(), 1);
+    assert_eq!(lines_of(&server, "acme", "refund").await.len(), 1);
+    assert_eq!(charges(server.sandbox()).1, 1);
+    server.assert_ledger_clean().await;
+
+    // A payment that is not Tollgate's, refunded: acknowledged, nothing changes.
+    let foreign = stripe_api(
+        &server,
+        "/v1/payment_intents",
+        &[
+            ("amount", "1200"),
+            ("currency", "usd"),
+            ("payment_method", "pm_card_visa"),
+            ("confirm", "true"),
+        ],
+    )
+    .await;
+    assert_eq!(foreign["status"], "succeeded", "{foreign}");
+    stripe_api(
+        &server,
+        "/v1/refunds",
+        &[("payment_intent", foreign["id"].as_str().unwrap())],
+    )
+    .await;
+    server.settle_webhooks().await;
+    let refunded = event_ids(&server, "charge.refunded");
+    assert_eq!(refunded.len(), 2);
+    for event in &refunded {
+        assert_eq!(
+            server.sandbox().delivery_status(event),
+            Some(tollgate_stripe_sandbox::DeliveryStatus::Delivered),
+            "{event}"
+        );
+    }
+    assert_eq!(balance(&server, "acme").await, "50.00");
+}
+
+#[tokio::test]
+async fn a_dispute_heard_before_the_payment_waits_for_stripe_then_applies_once() {
+    let server = TestServer::start_with_payments().await;
+    let (topup, intent) = charged_but_unheard(&server, "60.00").await;
+    // Stripe cannot be asked about the payment when the dispute's webhook first arrives:
+    // the delivery fails (nothing recorded, nothing acknowledged) and Stripe sends it again.
+    server.sandbox().inject_api_fault(ApiFault {
+        count: 3,
+        kind: ApiFaultKind::Fail,
+        when: FaultTiming::Before,
+        path_prefix: Some(format!("/v1/payment_intents/{intent}")),
+    });
+    let charge = charge_of(server.sandbox(), &intent);
+    let dispute = server
+        .sandbox()
+        .open_dispute(&charge, Some("fraudulent"))
+        .unwrap();
+    server
+        .wait_for_account("acme", "the credit and the dispute's debit", |account| {
+            account["balance"] == "0.00"
+        })
+        .await;
+    server.settle_webhooks().await;
+    let created = event_ids(&server, "charge.dispute.created");
+    assert_eq!(created.len(), 1);
+    let attempts: Vec<Option<u16>> = server
+        .sandbox()
+        .deliveries()
+        .iter()
+        .filter(|delivery| delivery.event_id == created[0])
+        .map(|delivery| delivery.status)
+        .collect();
+    assert!(
+        attempts.len() >= 2
+            && attempts[0].is_some_and(|status| status >= 500)
+            && attempts.last() == Some(&Some(200)),
+        "refused while Stripe could not be asked, then applied: {attempts:?}"
+    );
+    let (_, fetched) = server.get(&format!("/v1/topups/{topup}")).await;
+    assert_eq!(fetched["status"], "succeeded", "{fetched}");
+    assert_eq!(fetched["disputed"], "60.00", "{fetched}");
+    let topups = lines_of(&server, "acme", "topup").await;
+    assert_eq!(topups.len(), 1, "{topups:?}");
+    assert_eq!(lines_of(&server, "acme", "dispute").await.len(), 1);
+
+    // Won: the money comes back, once, whatever is redelivered.
+    server
+        .sandbox()
+        .close_dispute(dispute["id"].as_str().unwrap(), true)
+        .unwrap();
+    server
+        .wait_for_account("acme", "the won dispute's reinstatement", |account| {
+            account["balance"] == "60.00"
+        })
+        .await;
+    redeliver_all_and_wait(&server).await;
+    assert_eq!(balance(&server, "acme").await, "60.00");
+    assert_eq!(lines_of(&server, "acme", "topup").await.len(), 1);
+    assert_eq!(lines_of(&server, "acme", "dispute").await.len(), 2);
+    server.assert_ledger_clean().await;
+}
+
+#[tokio::test]
+async fn delayed_webhooks_credit_once() {
+    let server = TestServer::start_with_payments().await;
+    server.create_account("acme").await;
+    server.sandbox().set_webhook_faults(WebhookFaults {
+        delay_ms: 300,
+        ..WebhookFaults::default()
+    });
+    let topup = hosted_topup(&server, "acme", "45.00", "buy").await;
+    let browser = Browser::new();
+    let back = browser
+        .complete_hosted_page(topup["url"].as_str().unwrap(), CARD_OK)
+        .await;
+    // The browser never comes back in time: the late webhooks credit.
+    server
+        .wait_for_account("acme", "the delayed webhook's credit", |account| {
+            account["balance"] == "45.00"
+        })
+        .await;
+    server.settle_webhooks().await;
+    // The return, late, and every event a second time (still delayed) change nothing.
+    let landed = browser.follow_return(&back).await;
+    assert!(landed.contains("topup_status=succeeded"), "{landed}");
+    redeliver_all_and_wait(&server).await;
+    assert_eq!(balance(&server, "acme").await, "45.00");
+    assert_eq!(lines_of(&server, "acme", "topup").await.len(), 1);
+    assert_eq!(server.event_types("acme", "topup.").await, ["topup.succeeded"]);
+    assert_eq!(server.account("acme").await["payment_method"]["last4"], "4242");
+    server.assert_ledger_clean().await;
+}
+
+#[tokio::test]
+async fn the_return_before_any_webhook_credits_at_once_and_the_webhooks_later_change_nothing() {
+    let server = TestServer::start_with_payments().await;
+    server.create_account("acme").await;
+    // Every webhook is held back until the return has been handled.
+    server.sandbox().set_webhook_faults(WebhookFaults {
+        drop_next: 50,
+        ..WebhookFaults::default()
+    });
+    let topup = hosted_topup(&server, "acme", "35.00", "buy").await;
+    let browser = Browser::new();
+    let back = browser
+        .complete_hosted_page(topup["url"].as_str().unwrap(), CARD_OK)
+        .await;
+    server.settle_webhooks().await;
+    let completed = event_ids(&server, "checkout.session.completed");
+    assert_eq!(completed.len(), 1);
+    assert_eq!(
+        server.sandbox().delivery_status(&completed[0]),
+        Some(tollgate_stripe_sandbox::DeliveryStatus::Dropped),
+        "no webhook reached Tollgate before the return"
+    );
+    let landed = browser.follow_return(&back).await;
+    assert!(landed.contains("topup_status=succeeded"), "{landed}");
+    // Credited by the return itself, with the card saved.
+    let account = server.account("acme").await;
+    assert_eq!(account["balance"], "35.00", "{account}");
+    assert_eq!(account["payment_method"]["last4"], "4242", "{account}");
+
+    // Now the webhooks arrive (redelivered), twice.
+    server.sandbox().clear_faults();
+    redeliver_all_and_wait(&server).await;
+    assert_eq!(
+        server.sandbox().delivery_status(&completed[0]),
+        Some(tollgate_stripe_sandbox::DeliveryStatus::Delivered)
+    );
+    redeliver_all_and_wait(&server).await;
+    assert_eq!(balance(&server, "acme").await, "35.00");
+    assert_eq!(lines_of(&server, "acme", "topup").await.len(), 1);
+    assert_eq!(server.event_types("acme", "topup.").await, ["topup.succeeded"]);
+    assert_eq!(
+        server.event_types("acme", "payment_method.").await,
+        ["payment_method.updated"]
+    );
+    server.assert_ledger_clean().await;
+}
+
+/// The customer is told the top-up could not be made (503), Stripe never received it, and
+/// the customer does not retry: the recovery pass asks Stripe, never charges, and once no
+/// request of it can still arrive, the top-up has failed.
+#[tokio::test]
+async fn recovery_never_charges_a_top_up_whose_charge_never_reached_stripe() {
+    let server = TestServer::start_with_payments().await;
+    server.create_account("acme").await;
+    server.add_card("acme", CARD_OK).await;
+    server.settle_webhooks().await;
+    server.sandbox().inject_api_fault(ApiFault {
+        count: 3,
+        kind: ApiFaultKind::Fail,
+        when: FaultTiming::Before,
+        path_prefix: Some("/v1/payment_intents".to_owned()),
+    });
+    let response = server.topup("acme", "100.00", "buy").await;
+    assert_error(
+        &response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "payment_processor_unavailable",
+        None,
+    );
+    let intents = |server: &TestServer| {
+        server.sandbox().state()["payment_intents"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    assert_eq!(intents(&server), 0, "Stripe never received it");
+
+    // A pass soon after: nothing at Stripe yet, so nothing is decided (and nothing sent).
+    server.clock.advance(time::Duration::seconds(40));
+    let report = server
+        .billing()
+        .recover_open_topups(time::Duration::seconds(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.examined, report.resolved, report.errors),
+        (1, 0, 0),
+        "{report:?}"
+    );
+    assert_eq!(intents(&server), 0, "recovery does not charge");
+    assert_eq!(only_topup(&server, "acme").await["status"], "pending");
+
+    // Once no request of it can still arrive: failed, with the reason.
+    server.clock.advance(tollgate_billing::UNSENT_CHARGE_GIVE_UP);
+    let report = server
+        .billing()
+        .recover_open_topups(time::Duration::seconds(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.examined, report.resolved, report.errors),
+        (1, 1, 0),
+        "{report:?}"
+    );
+    let topup = only_topup(&server, "acme").await;
+    assert_eq!(topup["status"], "failed", "{topup}");
+    assert_eq!(
+        topup["failure_code"],
+        tollgate_billing::UNSENT_FAILURE_CODE,
+        "{topup}"
+    );
+    assert_eq!(server.event_types("acme", "topup.").await, ["topup.failed"]);
+    // The customer's retry with the same key, now, answers that and charges nothing.
+    let (status, retried) = server.topup("acme", "100.00", "buy").await;
+    assert_eq!(status, StatusCode::OK, "{retried}");
+    assert_eq!(retried["id"], topup["id"]);
+    assert_eq!(retried["status"], "failed", "{retried}");
+    let report = server
+        .billing()
+        .recover_open_topups(time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(report.examined, 0);
+    assert_eq!(intents(&server), 0, "never charged");
+    assert_eq!(charges(server.sandbox()), (0, 0));
+    assert_eq!(balance(&server, "acme").await, "0.00");
+    assert!(lines_of(&server, "acme", "topup").await.is_empty());
+    server.assert_ledger_clean().await;
+}
+
+/// Before recovery gives up, the customer's retry with the same key charges, once.
+#[tokio::test]
+async fn a_retry_before_recovery_gives_up_charges_once() {
+    let server = TestServer::start_with_payments().await;
+    server.create_account("acme").await;
+    server.add_card("acme", CARD_OK).await;
+    server.settle_webhooks().await;
+    server.sandbox().inject_api_fault(ApiFault {
+        count: 3,
+        kind: ApiFaultKind::Fail,
+        when: FaultTiming::Before,
+        path_prefix: Some("/v1/payment_intents".to_owned()),
+    });
+    let response = server.topup("acme", "80.00", "buy").await;
+    assert_eq!(response.0, StatusCode::SERVICE_UNAVAILABLE, "{}", response.1);
+    // Recovery looks only at top-ups older than its minimum age (here: zero).
+    server.clock.advance(time::Duration::seconds(1));
+    let report = server
+        .billing()
+        .recover_open_topups(time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!((report.examined, report.resolved), (1, 0), "{report:?}");
+
+    let (status, topup) = server.topup("acme", "80.00", "buy").await;
+    assert_eq!(status, StatusCode::OK, "{topup}");
+    assert_eq!(topup["status"], "succeeded", "{topup}");
+    let report = server
+        .billing()
+        .recover_open_topups(time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(report.examined, 0);
+    server.settle_webhooks().await;
+    assert_eq!(charges(server.sandbox()), (1, 1));
+    assert_eq!(balance(&server, "acme").await, "80.00");
+    assert_eq!(lines_of(&server, "acme", "topup").await.len(), 1);
+    server.assert_ledger_clean().await;
+}
+
+/// Stripe charged but the answer was lost, and the card was removed since: recovery finds
+/// the payment at Stripe by the top-up's reference and credits it, once, without a card to
+/// charge (so it cannot have charged again).
+#[tokio::test]
+async fn recovery_finds_a_charge_whose_answer_was_lost_and_credits_it_once() {
+    let server = TestServer::start_with_payments().await;
+    let (topup, intent) = charged_but_unheard(&server, "55.00").await;
+    let (status, removed) = server
+        .send(server.request(Method::DELETE, "/v1/accounts/acme/payment_method"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{removed}");
+
+    server.clock.advance(time::Duration::seconds(1));
+    let report = server
+        .billing()
+        .recover_open_topups(time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.examined, report.resolved, report.errors),
+        (1, 1, 0),
+        "{report:?}"
+    );
+    let (_, fetched) = server.get(&format!("/v1/topups/{topup}")).await;
+    assert_eq!(fetched["status"], "succeeded", "{fetched}");
+    assert_eq!(fetched["payment_reference"], intent.as_str());
+    assert_eq!(fetched["card_last4"], "4242", "{fetched}");
+    assert_eq!(balance(&server, "acme").await, "55.00");
+
+    // Another pass, the customer's retry and every webhook: nothing more.
+    let report = server
+        .billing()
+        .recover_open_topups(time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(report.examined, 0);
+    let (_, retried) = server.topup("acme", "55.00", "buy").await;
+    assert_eq!(retried["status"], "succeeded", "{retried}");
+    redeliver_all_and_wait(&server).await;
+    assert_eq!(charges(server.sandbox()), (1, 1), "charged once");
+    assert_eq!(balance(&server, "acme").await, "55.00");
+    assert_eq!(lines_of(&server, "acme", "topup").await.len(), 1);
+    server.assert_ledger_clean().await;
+}

@@ -195,7 +195,8 @@ pub struct Topup {
     pub balance: Option<String>,
     /// Hosted page to pay on, while the status is `requires_payment_method`.
     pub url: Option<String>,
-    /// Why it failed (`card_declined`, `insufficient_funds`, `authentication_required`, …).
+    /// Why it failed (`card_declined`, `insufficient_funds`, `authentication_required`, …;
+    /// `payment_processor_unavailable` when the charge never reached the processor).
     pub failure_code: Option<String>,
     /// The processor's explanation of the failure.
     pub failure_message: Option<String>,
