@@ -633,6 +633,35 @@ impl Model {
             .sum()
     }
 
+    /// Whether the store holds this model's payment state (rule, card, balances) for
+    /// `accounts`. Serial orders of a concurrent group may explain every answer alike and
+    /// still end apart (a rule switched on before or after the card it needs was removed
+    /// and another adopted: each answer is the same); the order the store took is the one
+    /// whose end state it holds.
+    pub(crate) async fn pay_state_matches(
+        &self,
+        store: &SharedStore,
+        accounts: &std::collections::BTreeSet<String>,
+    ) -> bool {
+        for id in accounts {
+            let (Some(pay), Some(model)) = (self.pay.accounts.get(id), self.accounts.get(id)) else {
+                continue;
+            };
+            let account = account_id(id);
+            let profile = PaymentProfile {
+                processor_customer: pay.customer.clone(),
+                card: pay.card.clone(),
+            };
+            let agrees = matches!(store.auto_recharge(&account).await, Ok(record) if record == self.rule_record(id))
+                && matches!(store.payment_profile(&account).await, Ok(stored) if stored == profile)
+                && matches!(store.account(&account).await, Ok(stored) if stored.balances == model.balances());
+            if !agrees {
+                return false;
+            }
+        }
+        true
+    }
+
     fn rule_record(&self, account: &str) -> AutoRechargeRecord {
         let (_, start, end) = self.cycle_window(account);
         let recharged = Micros::new(self.recharged(account, start, end));
