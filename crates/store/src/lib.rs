@@ -369,6 +369,7 @@ pub trait Store: Send + Sync + 'static {
 pub type SharedStore = Arc<dyn Store>;
 
 /// What every operation prices and times with.
+#[derive(Clone)]
 pub struct StoreRules {
     /// The price book and tiers.
     pub price_book: Arc<PriceBook>,

@@ -12,6 +12,7 @@
 //! advisory locks, no LISTEN/NOTIFY, statements prepared and used inside one
 //! transaction), so PgBouncer in transaction mode works.
 
+mod batcher;
 mod events;
 mod invoices;
 mod ops;
@@ -173,6 +174,7 @@ pub(crate) fn migrations_fingerprint() -> u64 {
 pub struct PgStore {
     pool: Pool,
     rules: StoreRules,
+    usage_batcher: batcher::UsageBatcher,
 }
 
 impl PgStore {
@@ -205,12 +207,30 @@ impl PgStore {
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|error| StoreError::Database(format!("could not build the connection pool: {error}")))?;
-        Ok(PgStore { pool, rules })
+        Ok(PgStore {
+            pool,
+            rules,
+            usage_batcher: batcher::UsageBatcher::default(),
+        })
+    }
+
+    /// The same pool and rules, for the micro-batch workers.
+    fn without_batcher(&self) -> PgStore {
+        PgStore {
+            pool: self.pool.clone(),
+            rules: self.rules.clone(),
+            usage_batcher: batcher::UsageBatcher::default(),
+        }
     }
 
     /// The rules this store prices with.
     pub fn rules(&self) -> &StoreRules {
         &self.rules
+    }
+
+    /// Single charges so far: (micro-batch transactions committed, charges they carried).
+    pub fn micro_batches_committed(&self) -> (u64, u64) {
+        self.usage_batcher.committed()
     }
 
     fn context(&self) -> ops::Context<'_> {
@@ -299,6 +319,46 @@ macro_rules! read {
     }};
 }
 
+impl PgStore {
+    /// Charges `commands` in one transaction: their accounts locked in id order, each
+    /// event in a savepoint (a refused one leaves no trace), each account written once.
+    async fn charge_in_one_transaction(
+        &self,
+        commands: &[UsageCommand],
+    ) -> StoreResult<Vec<StoreResult<Idempotent<UsageRecord>>>> {
+        // Two batches touching the same accounts queue instead of deadlocking.
+        let mut accounts: Vec<&str> = commands.iter().map(|command| command.account.as_str()).collect();
+        accounts.sort_unstable();
+        accounts.dedup();
+        let accounts = &accounts;
+        transaction!(self, |tx, context| async {
+            for account in accounts {
+                rows::lock_account(&tx, account).await?;
+            }
+            let mut loaded = ops::BatchAccounts::default();
+            let mut results = Vec::with_capacity(commands.len());
+            for command in commands {
+                let savepoint = tx.savepoint("event").await?;
+                match ops::charge_usage_in_batch(&savepoint, &context, command, &mut loaded).await {
+                    Ok(value) => {
+                        savepoint.commit().await?;
+                        results.push(Ok(value));
+                    }
+                    Err(PgError::Store(refusal)) => {
+                        savepoint.rollback().await?;
+                        results.push(Err(refusal));
+                    }
+                    // A conflict means the whole batch starts over.
+                    Err(retry @ PgError::Retry(_)) => return Err(retry),
+                }
+            }
+            loaded.write_back(&tx).await?;
+            PgResult::Ok(results)
+        }
+        .await)
+    }
+}
+
 #[async_trait]
 impl Store for PgStore {
     async fn create_account(&self, account: NewAccount) -> StoreResult<AccountRecord> {
@@ -332,11 +392,7 @@ impl Store for PgStore {
     }
 
     async fn charge_usage(&self, command: UsageCommand) -> StoreResult<Idempotent<UsageRecord>> {
-        transaction!(self, |tx, context| async {
-            rows::lock_account(&tx, command.account.as_str()).await?;
-            ops::charge_usage(&tx, &context, &command).await
-        }
-        .await)
+        self.usage_batcher.charge(self, command).await
     }
 
     async fn charge_usage_batch(
@@ -346,37 +402,7 @@ impl Store for PgStore {
         if commands.len() > MAX_BATCH_EVENTS {
             return Err(StoreError::BatchTooLarge);
         }
-        // Every account of the batch locked up front, in id order: two
-        // batches touching the same accounts queue instead of deadlocking.
-        let mut accounts: Vec<&str> = commands.iter().map(|command| command.account.as_str()).collect();
-        accounts.sort_unstable();
-        accounts.dedup();
-        let accounts = &accounts;
-        let commands = &commands;
-        transaction!(self, |tx, context| async {
-            for account in accounts {
-                rows::lock_account(&tx, account).await?;
-            }
-            let mut results = Vec::with_capacity(commands.len());
-            for command in commands {
-                // Each event in its own savepoint: a refused one leaves no trace.
-                let savepoint = tx.savepoint("event").await?;
-                match ops::charge_usage(&savepoint, &context, command).await {
-                    Ok(value) => {
-                        savepoint.commit().await?;
-                        results.push(Ok(value));
-                    }
-                    Err(PgError::Store(refusal)) => {
-                        savepoint.rollback().await?;
-                        results.push(Err(refusal));
-                    }
-                    // A conflict means the whole batch starts over.
-                    Err(retry @ PgError::Retry(_)) => return Err(retry),
-                }
-            }
-            PgResult::Ok(results)
-        }
-        .await)
+        self.charge_in_one_transaction(&commands).await
     }
 
     async fn grant(&self, command: GrantCommand) -> StoreResult<Idempotent<TransactionLine>> {

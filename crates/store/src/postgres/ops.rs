@@ -310,10 +310,31 @@ async fn record_usage<C: GenericClient + Sync>(
 }
 
 /// Charges one usage event. The caller locked the account (alone, or with a batch's others).
-pub async fn charge_usage<C: GenericClient + Sync>(
+/// The accounts of one batch, loaded once each under their row locks and written back
+/// once at the end: a batch of N events on one account makes one account update, not N.
+#[derive(Default)]
+pub struct BatchAccounts {
+    loaded: std::collections::BTreeMap<AccountId, StoredAccount>,
+}
+
+impl BatchAccounts {
+    /// Writes every account the batch loaded back (in id order, the order they were locked).
+    pub async fn write_back<C: GenericClient + Sync>(&self, client: &C) -> PgResult<()> {
+        for account in self.loaded.values() {
+            rows::save_account(client, account).await?;
+        }
+        Ok(())
+    }
+}
+
+/// [`charge_usage`] for one event of a batch: the account comes from, and its new
+/// state stays in, `accounts`. The caller holds every account's row lock and runs the
+/// event in a savepoint; on an error the account is as it was before the event.
+pub async fn charge_usage_in_batch<C: GenericClient + Sync>(
     client: &C,
     context: &Context<'_>,
     command: &UsageCommand,
+    accounts: &mut BatchAccounts,
 ) -> PgResult<Idempotent<UsageRecord>> {
     let fingerprint = command.fingerprint();
     if let Some(id) =
@@ -324,7 +345,10 @@ pub async fn charge_usage<C: GenericClient + Sync>(
             replayed: true,
         });
     }
-    let mut account = load_for_write(client, context, &command.account).await?;
+    let mut account = match accounts.loaded.get(&command.account) {
+        Some(account) => account.clone(),
+        None => load_for_write(client, context, &command.account).await?,
+    };
     let usage = record_usage(
         client,
         context,
@@ -337,7 +361,7 @@ pub async fn charge_usage<C: GenericClient + Sync>(
         },
     )
     .await?;
-    rows::save_account(client, &account).await?;
+    accounts.loaded.insert(command.account.clone(), account);
     Ok(Idempotent {
         value: usage,
         replayed: false,

@@ -14,6 +14,7 @@ use crate::{
 };
 
 /// An account as a write needs it: the record plus its journal position.
+#[derive(Clone)]
 pub struct StoredAccount {
     /// The account, spend rolled to now.
     pub record: AccountRecord,
