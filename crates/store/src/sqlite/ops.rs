@@ -13,7 +13,7 @@ use tollgate_core::{
 use super::account_cache::{self, CachedAccount};
 use super::events;
 use super::rows::{self, StoredAccount};
-use super::writer::WriteContext;
+use super::writer::{self, WriteContext};
 use crate::decide::{decide_usage, not_found, overflow, usage_record};
 use crate::events::{balance_events, tier_upgrade};
 use crate::{
@@ -383,6 +383,19 @@ pub fn charge_usage(
         value: usage,
         replayed: false,
     })
+}
+
+/// [`charge_usage`] on the hot path: with no savepoint when the charge can refuse only
+/// before its first write ([`writer::charge_needs_no_savepoint`]), else in one.
+pub fn charge_usage_hot(
+    context: &WriteContext<'_>,
+    command: &UsageCommand,
+) -> StoreResult<Idempotent<UsageRecord>> {
+    if writer::charge_needs_no_savepoint(context, &command.account) {
+        writer::guarded(context, || charge_usage(context, command))
+    } else {
+        writer::in_savepoint(context, "charge", || charge_usage(context, command))
+    }
 }
 
 pub fn grant(context: &WriteContext<'_>, command: &GrantCommand) -> StoreResult<Idempotent<TransactionLine>> {

@@ -9,6 +9,13 @@
 //! COMMIT. Every other job ([`Writer::write`]) works on the database alone: the cache is
 //! written back before it and emptied after it, since such a job may change accounts with
 //! SQL of its own.
+//!
+//! Usage charges ([`Writer::write_charges`]) skip the savepoint when they can: a charge on
+//! a cached account with no hold due decides everything (price, balance, tier) before its
+//! first write, so a refusal leaves nothing to undo. A savepoint copies every page it
+//! touches to a sub-journal first, which was over a third of the writer's time. Should such
+//! a charge fail after writing (an I/O error, an overflow), the group is failed as a whole
+//! ([`guarded`]).
 
 use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -40,14 +47,33 @@ pub struct WriteContext<'a> {
     pub cache: Option<&'a RefCell<AccountCache>>,
     /// The idempotency keys the journal may hold (every job keeps it up to date).
     pub keys: &'a RefCell<KeyFilter>,
+    /// Set when a write without a savepoint failed halfway: the group cannot commit.
+    pub poisoned: &'a RefCell<Option<String>>,
+}
+
+impl WriteContext<'_> {
+    fn poison(&self, why: String) {
+        self.poisoned.borrow_mut().get_or_insert(why);
+    }
 }
 
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
 type Operation = Box<dyn FnOnce(&WriteContext<'_>) -> Completion + Send>;
 
-/// A job and whether it goes through the account cache.
+/// How a job runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum JobKind {
+    /// On the database alone, in a savepoint.
+    Database,
+    /// Through the account cache, in a savepoint.
+    Cached,
+    /// Through the account cache, choosing per charge whether it needs a savepoint.
+    Charges,
+}
+
+/// A job and how it runs.
 struct Job {
-    cached: bool,
+    kind: JobKind,
     operation: Operation,
 }
 
@@ -96,6 +122,48 @@ pub fn in_savepoint<T>(
     result
 }
 
+/// Runs a hot-path `operation` with no savepoint. Only for operations that make every
+/// decision that can refuse them before their first write: a refusal then wrote nothing,
+/// and only the account cache is undone. A failure after a write cannot be undone alone,
+/// so it fails the whole group (every caller in it is told nothing was written).
+pub fn guarded<T>(context: &WriteContext<'_>, operation: impl FnOnce() -> StoreResult<T>) -> StoreResult<T> {
+    let connection = context.connection;
+    if connection.is_autocommit() {
+        let why = "the group transaction was rolled back by an earlier error; nothing was written";
+        context.poison(why.to_owned());
+        return Err(StoreError::Database(why.to_owned()));
+    }
+    let changes_before = connection.total_changes();
+    let mark = context.cache.map(|cache| cache.borrow().mark());
+    let result = match catch_unwind(AssertUnwindSafe(operation)) {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::Database("a store operation panicked".to_owned())),
+    };
+    if let Err(error) = &result {
+        if let (Some(cache), Some(mark)) = (context.cache, mark) {
+            cache.borrow_mut().undo_to(mark);
+        }
+        if connection.total_changes() != changes_before || connection.is_autocommit() {
+            context.poison(format!(
+                "a write failed halfway and could not be undone alone: {error}"
+            ));
+        }
+    }
+    result
+}
+
+/// Whether a charge on `account` can run [`guarded`]: its account is cached and none of
+/// its holds may have run out (releasing one would be a write before the decision).
+pub fn charge_needs_no_savepoint(context: &WriteContext<'_>, account: &tollgate_core::AccountId) -> bool {
+    context.cache.is_some_and(|cache| {
+        cache.borrow().get(account).is_some_and(|cached| {
+            cached
+                .earliest_hold_expiry
+                .is_none_or(|earliest| earliest > context.now)
+        })
+    })
+}
+
 impl Writer {
     /// Starts the writer thread on `connection`.
     pub fn start(connection: Connection, rules: Arc<StoreRules>) -> std::io::Result<Writer> {
@@ -114,7 +182,7 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&WriteContext<'_>) -> StoreResult<T> + Send + 'static,
     {
-        self.submit(false, operation).await
+        self.submit(JobKind::Database, operation).await
     }
 
     /// Like [`Writer::write`], for operations that read and change accounts only
@@ -124,17 +192,31 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&WriteContext<'_>) -> StoreResult<T> + Send + 'static,
     {
-        self.submit(true, operation).await
+        self.submit(JobKind::Cached, operation).await
     }
 
-    async fn submit<T, F>(&self, cached: bool, operation: F) -> StoreResult<T>
+    /// Like [`Writer::write_cached`], for usage charges: the job has no savepoint of its
+    /// own; it runs each charge [`guarded`] when [`charge_needs_no_savepoint`], else in
+    /// [`in_savepoint`]. The operation must not write outside those.
+    pub async fn write_charges<T, F>(&self, operation: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteContext<'_>) -> StoreResult<T> + Send + 'static,
+    {
+        self.submit(JobKind::Charges, operation).await
+    }
+
+    async fn submit<T, F>(&self, kind: JobKind, operation: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&WriteContext<'_>) -> StoreResult<T> + Send + 'static,
     {
         let (reply, replied) = oneshot::channel();
         let operation: Operation = Box::new(move |context| {
-            let result = in_savepoint(context, "job", || operation(context));
+            let result = match kind {
+                JobKind::Charges => guarded(context, || operation(context)),
+                JobKind::Database | JobKind::Cached => in_savepoint(context, "job", || operation(context)),
+            };
             Box::new(move |committed: Result<(), String>| {
                 let outcome = match (result, committed) {
                     (Err(error), _) => Err(error),
@@ -145,7 +227,7 @@ impl Writer {
                 let _ = reply.send(outcome);
             })
         });
-        let job = Job { cached, operation };
+        let job = Job { kind, operation };
         self.jobs.send(job).await.map_err(|_| StoreError::Unavailable)?;
         replied.await.map_err(|_| StoreError::Unavailable)?
     }
@@ -156,6 +238,7 @@ struct WriterState {
     cache: RefCell<AccountCache>,
     keys: RefCell<KeyFilter>,
     external: ExternalWrites,
+    poisoned: RefCell<Option<String>>,
 }
 
 impl WriterState {
@@ -164,6 +247,7 @@ impl WriterState {
             cache: RefCell::new(AccountCache::default()),
             keys: RefCell::new(KeyFilter::load(connection)?),
             external: ExternalWrites::new(connection)?,
+            poisoned: RefCell::new(None),
         })
     }
 
@@ -212,20 +296,25 @@ fn run(connection: Connection, mut receiver: mpsc::Receiver<Job>, rules: Arc<Sto
                 // told the store is unavailable.
                 continue;
             }
-            if !job.cached
-                && let Err(error) = state.cache.borrow_mut().write_back(&connection)
-            {
+            let cached = job.kind != JobKind::Database;
+            if !cached && let Err(error) = state.cache.borrow_mut().write_back(&connection) {
+                // Its SQL would read stale accounts, and the group rolls back anyway.
                 group_failure = Some(error.to_string());
+                continue;
             }
             let context = WriteContext {
                 connection: &connection,
                 now: rules.clock.now(),
                 rules: &rules,
-                cache: job.cached.then_some(&state.cache),
+                cache: cached.then_some(&state.cache),
                 keys: &state.keys,
+                poisoned: &state.poisoned,
             };
             completions.push((job.operation)(&context));
-            if !job.cached {
+            if let Some(why) = state.poisoned.borrow_mut().take() {
+                group_failure = Some(why);
+            }
+            if !cached {
                 // It may have changed accounts with its own SQL.
                 state.cache.borrow_mut().clear();
             }
@@ -288,6 +377,81 @@ mod tests {
             .unwrap()
     }
 
+    /// A charge job runs without a savepoint: a refusal that wrote nothing leaves its
+    /// neighbours in the group alone, but one that fails after writing fails the whole
+    /// group, since its writes cannot be undone alone.
+    #[tokio::test]
+    async fn a_charge_that_fails_after_writing_fails_its_group_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("writer.db");
+        let connection = Connection::open(&path).unwrap();
+        connection
+            .execute_batch(
+                "CREATE TABLE t (x TEXT NOT NULL);
+                 CREATE TABLE journal_transactions (account_id TEXT, idempotency_key TEXT);",
+            )
+            .unwrap();
+        let writer = Writer::start(connection, test_rules()).unwrap();
+        let refused = || StoreError::IdempotencyConflict { key: "k".to_owned() };
+        // A refusal before any write: its neighbours commit.
+        let slow = writer.write(|_| {
+            std::thread::sleep(Duration::from_millis(200));
+            Ok(())
+        });
+        let group = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::join!(
+                writer.write_charges(|context| insert(context.connection, "a")),
+                writer.write_charges(move |_| Err::<(), _>(refused())),
+                writer.write_charges(|context| insert(context.connection, "b")),
+            )
+        };
+        let (slow, (a, refusal, b)) = tokio::join!(slow, group);
+        slow.unwrap();
+        a.unwrap();
+        b.unwrap();
+        assert!(
+            matches!(refusal, Err(StoreError::IdempotencyConflict { .. })),
+            "{refusal:?}"
+        );
+        assert_eq!(rows(&path), vec!["a".to_owned(), "b".to_owned()]);
+        // A failure after a write: the whole group is lost, and says so.
+        let slow = writer.write(|_| {
+            std::thread::sleep(Duration::from_millis(200));
+            Ok(())
+        });
+        let group = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::join!(
+                writer.write_charges(|context| insert(context.connection, "c")),
+                writer.write_charges(move |context| {
+                    insert(context.connection, "half")?;
+                    Err::<(), _>(refused())
+                }),
+                writer.write_charges(|context| insert(context.connection, "d")),
+            )
+        };
+        let (slow, (c, half, d)) = tokio::join!(slow, group);
+        slow.unwrap();
+        assert!(c.is_err() && half.is_err() && d.is_err(), "{c:?} {half:?} {d:?}");
+        assert_eq!(rows(&path), vec!["a".to_owned(), "b".to_owned()]);
+        // The writer carries on.
+        writer
+            .write_charges(|context| insert(context.connection, "e"))
+            .await
+            .unwrap();
+        assert_eq!(rows(&path), vec!["a".to_owned(), "b".to_owned(), "e".to_owned()]);
+    }
+
+    fn test_rules() -> Arc<StoreRules> {
+        Arc::new(StoreRules {
+            price_book: Arc::new(default_price_book()),
+            tier_basis: TierBasis::Cycle,
+            clock: Arc::new(ManualClock::new(datetime!(2026-01-01 0:00 UTC))),
+            balance_low_level: tollgate_core::DEFAULT_BALANCE_LOW_LEVEL,
+        })
+    }
+
     /// Some errors (disk full, I/O errors; here a trigger's `RAISE(ROLLBACK)`)
     /// make SQLite roll back the whole group transaction. The jobs after it
     /// in the same group, and the events after it in the same batch, must
@@ -306,13 +470,7 @@ mod tests {
                  BEGIN SELECT RAISE(ROLLBACK, 'boom'); END;",
             )
             .unwrap();
-        let rules = Arc::new(StoreRules {
-            price_book: Arc::new(default_price_book()),
-            tier_basis: TierBasis::Cycle,
-            clock: Arc::new(ManualClock::new(datetime!(2026-01-01 0:00 UTC))),
-            balance_low_level: tollgate_core::DEFAULT_BALANCE_LOW_LEVEL,
-        });
-        let writer = Writer::start(connection, rules).unwrap();
+        let writer = Writer::start(connection, test_rules()).unwrap();
         // A slow job holds the writer so the next four queue up and share
         // one group commit.
         let slow = writer.write(|_| {
