@@ -2,6 +2,7 @@
 //! writer thread that group-commits, and a small pool of read connections.
 
 mod account_cache;
+mod checkpoint;
 mod events;
 mod invoices;
 mod ops;
@@ -57,11 +58,15 @@ pub struct SqliteStore {
     writer: writer::Writer,
     readers: Arc<ReadPool>,
     rules: Arc<StoreRules>,
+    _checkpointer: checkpoint::Checkpointer,
 }
 
 /// Statements kept prepared per connection: more than the store uses, so none is ever
 /// evicted and prepared again on the hot path.
 const STATEMENT_CACHE_CAPACITY: usize = 256;
+
+/// The writer connection's page cache, in KiB (SQLite's default is 2 MiB).
+const WRITER_PAGE_CACHE_KIB: u32 = 32 * 1024;
 
 fn open_connection(path: &Path) -> StoreResult<Connection> {
     let connection = Connection::open(path)?;
@@ -107,6 +112,16 @@ impl SqliteStore {
         migrate(path)?;
         let rules = Arc::new(rules);
         let write_connection = open_connection(path)?;
+        // Savepoints (one per event) keep their undo pages in a sub-journal: a temporary
+        // file by default, written with a system call per page; in memory they cost a copy.
+        // A page cache large enough for a whole group's dirty pages, so none spills to the
+        // WAL before the commit.
+        write_connection.execute_batch(&format!(
+            "PRAGMA temp_store = MEMORY; PRAGMA cache_size = -{WRITER_PAGE_CACHE_KIB};
+             PRAGMA wal_autocheckpoint = {};",
+            checkpoint::WRITER_AUTOCHECKPOINT_PAGES
+        ))?;
+        let checkpointer = checkpoint::Checkpointer::start(path)?;
         let writer = writer::Writer::start(write_connection, rules.clone())
             .map_err(|error| StoreError::Database(format!("could not start the writer thread: {error}")))?;
         let mut connections = Vec::with_capacity(READ_CONNECTIONS);
@@ -122,6 +137,7 @@ impl SqliteStore {
                 permits: Semaphore::new(READ_CONNECTIONS),
             }),
             rules,
+            _checkpointer: checkpointer,
         })
     }
 
@@ -199,7 +215,7 @@ impl Store for SqliteStore {
 
     async fn charge_usage(&self, command: UsageCommand) -> StoreResult<Idempotent<UsageRecord>> {
         self.writer
-            .write_cached(move |context| ops::charge_usage(context, &command))
+            .write_charges(move |context| ops::charge_usage_hot(context, &command))
             .await
     }
 
@@ -211,12 +227,10 @@ impl Store for SqliteStore {
             return Err(StoreError::BatchTooLarge);
         }
         self.writer
-            .write_cached(move |context| {
+            .write_charges(move |context| {
                 Ok(commands
                     .iter()
-                    .map(|command| {
-                        writer::in_savepoint(context, "event", || ops::charge_usage(context, command))
-                    })
+                    .map(|command| ops::charge_usage_hot(context, command))
                     .collect())
             })
             .await
