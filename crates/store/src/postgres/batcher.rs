@@ -1,7 +1,7 @@
 //! Per-process micro-batching of single usage charges. Charges that arrive while
 //! earlier ones are being written share one transaction: their accounts are locked in
-//! id order, each event runs in a savepoint (a refusal leaves no trace), each account is
-//! updated once, and one COMMIT makes them all durable before any caller hears back.
+//! id order, each event is refused (leaving no trace) or written with no savepoint, each
+//! account is updated once, and one COMMIT makes them all durable before any caller hears back.
 //! Correct across processes for the same reasons as a single charge: the row locks and
 //! the unique constraints are the database's, not this process's.
 

@@ -5,7 +5,9 @@
 //! delivery is claimed by a conditional UPDATE of its lease, so two senders never hold
 //! the same one.
 
-use tokio_postgres::{GenericClient, Row};
+use super::prepared::Prepared as _;
+use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
 use tollgate_core::clock::{from_unix_micros, to_unix_micros};
 use tollgate_core::{AccountId, Actor, DeliveryPolicy, Micros, Timestamp};
 
@@ -62,7 +64,7 @@ pub(super) async fn insert_events<C: GenericClient + Sync>(
         // sequences is the order of commits for every path that records an event.
         lock_account(client, event.account.as_str()).await?;
         let row = client
-            .query_one(
+            .query_one_cached(
                 "INSERT INTO events (id, type, account_id, reference_id, amount_micros, balance_micros, detail, \
                  created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING sequence",
                 &[
@@ -79,7 +81,7 @@ pub(super) async fn insert_events<C: GenericClient + Sync>(
             .await?;
         let sequence: i64 = row.try_get(0)?;
         client
-            .execute(
+            .execute_cached(
                 &fan_out,
                 &[&sequence, &event.account.as_str(), &now, &event.kind.code()],
             )
@@ -92,7 +94,7 @@ async fn cursor_sequence<C: GenericClient + Sync>(client: &C, page: &PageRequest
     match &page.starting_after {
         None => Ok(i64::MAX),
         Some(cursor) => Ok(client
-            .query_opt("SELECT sequence FROM events WHERE id = $1", &[cursor])
+            .query_opt_cached("SELECT sequence FROM events WHERE id = $1", &[cursor])
             .await?
             .ok_or_else(|| StoreError::InvalidCursor(cursor.clone()))?
             .try_get(0)?),
@@ -107,7 +109,7 @@ pub async fn list_events<C: GenericClient + Sync>(
 ) -> PgResult<Page<EventRecord>> {
     let before = cursor_sequence(client, page).await?;
     let rows = client
-        .query(
+        .query_cached(
             &format!(
                 "SELECT {EVENT_COLUMNS} FROM events e WHERE e.sequence < $1 \
                  AND ($2::TEXT IS NULL OR e.account_id = $2) AND ($3::TEXT IS NULL OR e.type = $3) \
@@ -133,7 +135,7 @@ pub async fn list_events<C: GenericClient + Sync>(
 /// One event by id.
 pub async fn event<C: GenericClient + Sync>(client: &C, id: &str) -> PgResult<EventRecord> {
     let row = client
-        .query_opt(
+        .query_opt_cached(
             &format!("SELECT {EVENT_COLUMNS} FROM events e WHERE e.id = $1"),
             &[&id],
         )
@@ -163,7 +165,7 @@ pub async fn create_endpoint<C: GenericClient + Sync>(
     endpoint: &NewWebhookEndpoint,
 ) -> PgResult<WebhookEndpointRecord> {
     client
-        .execute(
+        .execute_cached(
             "INSERT INTO webhook_endpoints (id, url, secret, event_types, created_at) VALUES ($1, $2, $3, $4, $5)",
             &[
                 &endpoint.id,
@@ -198,7 +200,7 @@ pub async fn disable_endpoint<C: GenericClient + Sync>(
     actor: &Actor,
 ) -> PgResult<WebhookEndpointRecord> {
     let row = client
-        .query_opt(
+        .query_opt_cached(
             &format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1 FOR UPDATE"),
             &[&id],
         )
@@ -209,13 +211,13 @@ pub async fn disable_endpoint<C: GenericClient + Sync>(
         return Ok(endpoint);
     }
     client
-        .execute(
+        .execute_cached(
             "UPDATE webhook_endpoints SET disabled_at = $2 WHERE id = $1",
             &[&id, &to_unix_micros(context.now)],
         )
         .await?;
     client
-        .execute(
+        .execute_cached(
             "UPDATE event_deliveries SET status = 'failed', last_error = 'endpoint disabled' \
              WHERE endpoint_id = $1 AND status = 'pending'",
             &[&id],
@@ -242,7 +244,7 @@ pub async fn webhook_endpoint<C: GenericClient + Sync>(
     id: &str,
 ) -> PgResult<WebhookEndpointRecord> {
     let row = client
-        .query_opt(
+        .query_opt_cached(
             &format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1"),
             &[&id],
         )
@@ -254,7 +256,7 @@ pub async fn webhook_endpoint<C: GenericClient + Sync>(
 /// Every endpoint, oldest first (an operator registers a handful).
 pub async fn list_endpoints<C: GenericClient + Sync>(client: &C) -> PgResult<Vec<WebhookEndpointRecord>> {
     let rows = client
-        .query(
+        .query_cached(
             &format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints ORDER BY created_at, id LIMIT 1000"),
             &[],
         )
@@ -274,7 +276,7 @@ pub async fn claim_deliveries<C: GenericClient + Sync>(
 ) -> PgResult<Vec<DueDelivery>> {
     let now = to_unix_micros(context.now);
     let rows = client
-        .query(
+        .query_cached(
             &format!(
                 "WITH claimed AS ( \
                    UPDATE event_deliveries d SET leased_until = $3 \
@@ -322,7 +324,7 @@ pub async fn record_attempt<C: GenericClient + Sync>(
     policy: &DeliveryPolicy,
 ) -> PgResult<DeliveryRecord> {
     client
-        .execute(
+        .execute_cached(
             "SELECT 1 FROM event_deliveries WHERE endpoint_id = $1 AND event_sequence = $2 FOR UPDATE",
             &[&endpoint, &event_sequence],
         )
@@ -342,7 +344,7 @@ pub async fn record_attempt<C: GenericClient + Sync>(
     let now = to_unix_micros(context.now);
     let status_code = attempt.status_code.map(i64::from);
     client
-        .execute(
+        .execute_cached(
             "UPDATE event_deliveries SET status = $3::TEXT, attempts = attempts + 1, next_attempt_at = $4, \
              leased_until = NULL, last_status_code = $5, last_error = $6, last_attempt_at = $7::BIGINT, \
              delivered_at = CASE WHEN $3::TEXT = 'delivered' THEN $7::BIGINT ELSE NULL END \
@@ -359,7 +361,7 @@ pub async fn record_attempt<C: GenericClient + Sync>(
         )
         .await?;
     client
-        .execute(
+        .execute_cached(
             "INSERT INTO delivery_attempts (endpoint_id, event_sequence, attempt, attempted_at, status_code, \
              error) VALUES ($1, $2, $3, $4, $5, $6)",
             &[
@@ -403,7 +405,7 @@ async fn delivery<C: GenericClient + Sync>(
     event_sequence: i64,
 ) -> PgResult<DeliveryRecord> {
     let row = client
-        .query_opt(
+        .query_opt_cached(
             &format!(
                 "SELECT {DELIVERY_COLUMNS}, {EVENT_COLUMNS} FROM event_deliveries d \
                  JOIN events e ON e.sequence = d.event_sequence WHERE d.endpoint_id = $1 AND d.event_sequence = $2"
@@ -424,7 +426,7 @@ pub async fn list_deliveries<C: GenericClient + Sync>(
     webhook_endpoint(client, endpoint).await?;
     let before = cursor_sequence(client, page).await?;
     let rows = client
-        .query(
+        .query_cached(
             &format!(
                 "SELECT {DELIVERY_COLUMNS}, {EVENT_COLUMNS} FROM event_deliveries d \
                  JOIN events e ON e.sequence = d.event_sequence \

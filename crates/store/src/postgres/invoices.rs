@@ -5,7 +5,9 @@
 //! and writes nothing. The number comes from a one-row counter updated in the same
 //! transaction (a sequence would leave gaps on rollback); its row lock orders closes.
 
-use tokio_postgres::{GenericClient, Row};
+use super::prepared::Prepared as _;
+use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
 use tollgate_core::clock::{from_unix_micros, to_unix_micros};
 use tollgate_core::invoice::{CLOSE_GRACE, MAX_INVOICE_LINES};
 use tollgate_core::{
@@ -38,7 +40,7 @@ async fn invoice_record<C: GenericClient + Sync>(client: &C, row: &Row) -> PgRes
     let id: String = row.try_get(0)?;
     let mut lines = Vec::new();
     for line in client
-        .query(
+        .query_cached(
             "SELECT action, description, quantity, unit_price_micros, amount_micros FROM invoice_lines \
              WHERE invoice_id = $1 ORDER BY line",
             &[&id],
@@ -93,7 +95,7 @@ async fn invoice_record<C: GenericClient + Sync>(client: &C, row: &Row) -> PgRes
 /// One invoice.
 pub async fn invoice<C: GenericClient + Sync>(client: &C, id: &str) -> PgResult<InvoiceRecord> {
     let row = client
-        .query_opt(
+        .query_opt_cached(
             &format!("SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1"),
             &[&id],
         )
@@ -109,7 +111,7 @@ pub async fn list_invoices<C: GenericClient + Sync>(
     page: &PageRequest,
 ) -> PgResult<Page<InvoiceRecord>> {
     if client
-        .query_opt("SELECT 1 FROM accounts WHERE id = $1", &[&account.as_str()])
+        .query_opt_cached("SELECT 1 FROM accounts WHERE id = $1", &[&account.as_str()])
         .await?
         .is_none()
     {
@@ -119,7 +121,7 @@ pub async fn list_invoices<C: GenericClient + Sync>(
         None => None,
         Some(cursor) => Some(
             client
-                .query_opt(
+                .query_opt_cached(
                     "SELECT number FROM invoices WHERE id = $1 AND account_id = $2",
                     &[cursor, &account.as_str()],
                 )
@@ -129,7 +131,7 @@ pub async fn list_invoices<C: GenericClient + Sync>(
         ),
     };
     let found = client
-        .query(
+        .query_cached(
             &format!(
                 "SELECT {INVOICE_COLUMNS} FROM invoices WHERE account_id = $1 AND ($2::BIGINT IS NULL OR number < $2) \
                  ORDER BY number DESC LIMIT $3"
@@ -162,7 +164,7 @@ pub async fn change_period<C: GenericClient + Sync>(
         PeriodChange::Stop => (None, None),
     };
     client
-        .execute(
+        .execute_cached(
             "UPDATE accounts SET invoice_period_start = $2, invoice_period_end = $3 WHERE id = $1",
             &[&account.as_str(), &start, &end],
         )
@@ -178,7 +180,7 @@ pub async fn due_periods<C: GenericClient + Sync>(
 ) -> PgResult<Vec<AccountId>> {
     let limit = i64::try_from(limit.min(MAX_INVOICE_CLOSE_BATCH)).unwrap_or(0);
     client
-        .query(
+        .query_cached(
             "SELECT id FROM accounts WHERE invoice_period_end IS NOT NULL AND invoice_period_end <= $1 \
              ORDER BY invoice_period_end, id LIMIT $2",
             &[&to_unix_micros(context.now - CLOSE_GRACE), &limit],
@@ -202,7 +204,7 @@ pub async fn close_period<C: GenericClient + Sync>(
     let account = load_for_write(client, context, account_id).await?;
     rows::save_account(client, &account).await?;
     let row = client
-        .query_one(
+        .query_one_cached(
             "SELECT invoice_period_start, invoice_period_end, net_terms_days FROM accounts WHERE id = $1",
             &[&account_id.as_str()],
         )
@@ -223,7 +225,7 @@ pub async fn close_period<C: GenericClient + Sync>(
     }
     let mut charges = Vec::new();
     for charge in client
-        .query(
+        .query_cached(
             "SELECT action, unit_price_micros, SUM(quantity)::BIGINT, SUM(amount_micros)::BIGINT FROM usage_records \
              WHERE account_id = $1 AND created_at >= $2 AND created_at < $3 \
              GROUP BY action, unit_price_micros ORDER BY action, unit_price_micros LIMIT $4",
@@ -241,7 +243,7 @@ pub async fn close_period<C: GenericClient + Sync>(
         });
     }
     let open_due: i64 = client
-        .query_one(
+        .query_one_cached(
             "SELECT COALESCE(SUM(amount_due_micros), 0)::BIGINT FROM invoices \
              WHERE account_id = $1 AND status = 'open'",
             &[&account_id.as_str()],
@@ -249,7 +251,7 @@ pub async fn close_period<C: GenericClient + Sync>(
         .await?
         .try_get(0)?;
     let balance_at_end: i64 = match client
-        .query_opt(
+        .query_opt_cached(
             "SELECT available_after_micros + held_after_micros FROM journal_transactions \
              WHERE account_id = $1 AND created_at < $2 ORDER BY sequence DESC LIMIT 1",
             &[&account_id.as_str(), &end],
@@ -269,7 +271,7 @@ pub async fn close_period<C: GenericClient + Sync>(
     )?;
     let next = period.next(account.record.anchor());
     client
-        .execute(
+        .execute_cached(
             "UPDATE accounts SET invoice_period_start = $2, invoice_period_end = $3 WHERE id = $1",
             &[
                 &account_id.as_str(),
@@ -294,7 +296,7 @@ async fn write_invoice<C: GenericClient + Sync>(
     draft: InvoiceDraft,
 ) -> PgResult<InvoiceRecord> {
     let number: i64 = client
-        .query_one(
+        .query_one_cached(
             "UPDATE invoice_numbers SET last_number = last_number + 1 RETURNING last_number",
             &[],
         )
@@ -305,7 +307,7 @@ async fn write_invoice<C: GenericClient + Sync>(
     let covered = draft.totals.amount_due.is_zero();
     let totals = draft.totals;
     client
-        .execute(
+        .execute_cached(
             "INSERT INTO invoices (id, number, account_id, period_start, period_end, subtotal_micros, \
              credit_applied_micros, brought_forward_micros, carried_forward_micros, amount_due_micros, status, \
              due_at, created_at, paid_at, paid_by) \
@@ -331,7 +333,7 @@ async fn write_invoice<C: GenericClient + Sync>(
         .await?;
     for (index, line) in draft.lines.iter().enumerate() {
         client
-            .execute(
+            .execute_cached(
                 "INSERT INTO invoice_lines (invoice_id, line, action, description, quantity, unit_price_micros, \
                  amount_micros) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 &[
@@ -353,7 +355,7 @@ async fn write_invoice<C: GenericClient + Sync>(
 /// Keeps the account's `invoice_due_at` at its oldest open invoice's due date.
 async fn refresh_due<C: GenericClient + Sync>(client: &C, account: &AccountId) -> PgResult<()> {
     client
-        .execute(
+        .execute_cached(
             "UPDATE accounts SET invoice_due_at = \
              (SELECT MIN(due_at) FROM invoices WHERE account_id = $1 AND status = 'open') WHERE id = $1",
             &[&account.as_str()],
@@ -371,7 +373,7 @@ async fn mark_paid_row<C: GenericClient + Sync>(
     transaction: &str,
 ) -> PgResult<InvoiceRecord> {
     client
-        .execute(
+        .execute_cached(
             "UPDATE invoices SET status = 'paid', paid_at = $2, paid_by = $3, payment_reference = $4, \
              paid_transaction_id = $5 WHERE id = $1 AND status = 'open'",
             &[
@@ -458,7 +460,7 @@ pub async fn attach_topup<C: GenericClient + Sync>(
     attempt: u32,
 ) -> PgResult<InvoiceRecord> {
     if client
-        .query_opt("SELECT 1 FROM invoices WHERE id = $1 FOR UPDATE", &[&invoice_id])
+        .query_opt_cached("SELECT 1 FROM invoices WHERE id = $1 FOR UPDATE", &[&invoice_id])
         .await?
         .is_none()
     {
@@ -473,7 +475,7 @@ pub async fn attach_topup<C: GenericClient + Sync>(
     if let Some(current) = &found.card_topup
         && current != topup
         && client
-            .query_opt(
+            .query_opt_cached(
                 "SELECT 1 FROM topups WHERE id = $1 AND status IN ('pending', 'requires_payment_method', 'requires_action')",
                 &[current],
             )
@@ -487,7 +489,7 @@ pub async fn attach_topup<C: GenericClient + Sync>(
         .into());
     }
     client
-        .execute(
+        .execute_cached(
             "UPDATE invoices SET card_topup_id = $2, card_attempts = GREATEST(card_attempts, $3) WHERE id = $1",
             &[&invoice_id, &topup, &i64::from(attempt)],
         )
@@ -501,7 +503,7 @@ pub async fn paid_by_topup<C: GenericClient + Sync>(
     topup: &str,
 ) -> PgResult<Option<InvoiceRecord>> {
     match client
-        .query_opt(
+        .query_opt_cached(
             "SELECT id FROM invoices WHERE card_topup_id = $1 AND status = 'open'",
             &[&topup],
         )

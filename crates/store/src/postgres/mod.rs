@@ -19,10 +19,12 @@ mod ops;
 mod payments;
 mod plan;
 mod portal;
+mod prepared;
 mod recharge;
 mod rows;
 mod verify;
 
+use prepared::Prepared as _;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -260,7 +262,7 @@ macro_rules! transaction {
             loop {
                 let outcome: PgResult<_> = async {
                     let mut pooled = store.pool.get().await?;
-                    let client: &mut tokio_postgres::Client = &mut pooled;
+                    let client: &mut deadpool_postgres::ClientWrapper = &mut pooled;
                     #[allow(unused_mut)] // Only a batch needs it mutable, for savepoints.
                     let mut $tx = client.transaction().await?;
                     let $context = store.context();
@@ -302,7 +304,7 @@ macro_rules! read {
         let run = async {
             let outcome: PgResult<_> = async {
                 let mut pooled = store.pool.get().await?;
-                let client: &mut tokio_postgres::Client = &mut pooled;
+                let client: &mut deadpool_postgres::ClientWrapper = &mut pooled;
                 let $tx = client.build_transaction().read_only(true).start().await?;
                 let $context = store.context();
                 let value = $body?;
@@ -320,37 +322,30 @@ macro_rules! read {
 }
 
 impl PgStore {
-    /// Charges `commands` in one transaction: their accounts locked in id order, each
-    /// event in a savepoint (a refused one leaves no trace), each account written once.
+    /// Charges `commands` in one transaction: their accounts locked in id order by one
+    /// statement, each event refused before its first write (so it leaves no trace, with
+    /// no savepoint), each account written once.
     async fn charge_in_one_transaction(
         &self,
         commands: &[UsageCommand],
     ) -> StoreResult<Vec<StoreResult<Idempotent<UsageRecord>>>> {
         // Two batches touching the same accounts queue instead of deadlocking.
-        let mut accounts: Vec<&str> = commands.iter().map(|command| command.account.as_str()).collect();
-        accounts.sort_unstable();
+        let mut accounts: Vec<&AccountId> = commands.iter().map(|command| &command.account).collect();
+        accounts.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
         accounts.dedup();
         let accounts = &accounts;
+        let ids: Vec<&str> = accounts.iter().map(|id| id.as_str()).collect();
+        let ids = &ids;
         transaction!(self, |tx, context| async {
-            for account in accounts {
-                rows::lock_account(&tx, account).await?;
-            }
-            let mut loaded = ops::BatchAccounts::default();
+            rows::lock_accounts_in_order(&tx, ids).await?;
+            let mut loaded = ops::BatchAccounts::load(&tx, &context, accounts).await?;
+            // No savepoint per event: a savepoint that writes is a subtransaction, and past
+            // 64 of them in one transaction every snapshot in the cluster has to look
+            // transactions up in pg_subtrans (1.9 ms of server CPU per charge, measured).
+            // Refusals are decided before any write instead.
             let mut results = Vec::with_capacity(commands.len());
             for command in commands {
-                let savepoint = tx.savepoint("event").await?;
-                match ops::charge_usage_in_batch(&savepoint, &context, command, &mut loaded).await {
-                    Ok(value) => {
-                        savepoint.commit().await?;
-                        results.push(Ok(value));
-                    }
-                    Err(PgError::Store(refusal)) => {
-                        savepoint.rollback().await?;
-                        results.push(Err(refusal));
-                    }
-                    // A conflict means the whole batch starts over.
-                    Err(retry @ PgError::Retry(_)) => return Err(retry),
-                }
+                results.push(ops::charge_usage_in_batch(&tx, &context, command, &mut loaded).await?);
             }
             loaded.write_back(&tx).await?;
             PgResult::Ok(results)
@@ -481,7 +476,7 @@ impl Store for PgStore {
         let run = async {
             let outcome: PgResult<LedgerReport> = async {
                 let mut pooled = self.pool.get().await?;
-                let client: &mut tokio_postgres::Client = &mut pooled;
+                let client: &mut deadpool_postgres::ClientWrapper = &mut pooled;
                 // One snapshot for every query: a consistent picture while writers go on.
                 let tx = client
                     .build_transaction()
@@ -521,7 +516,7 @@ impl Store for PgStore {
 
     async fn health(&self) -> StoreResult<()> {
         read!(self, |tx, _context| async {
-            tx.query_one("SELECT 1", &[]).await?;
+            tx.query_one_cached("SELECT 1", &[]).await?;
             PgResult::Ok(())
         }
         .await)

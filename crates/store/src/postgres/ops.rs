@@ -3,7 +3,8 @@
 //! writers of one account in any number of processes run one at a time and
 //! every idempotency and balance check sees the latest committed state.
 
-use tokio_postgres::GenericClient;
+use super::prepared::Prepared as _;
+use deadpool_postgres::GenericClient;
 use tollgate_core::clock::to_unix_micros;
 use tollgate_core::hold::{HoldEvent, transition};
 use tollgate_core::ledger::check_debit;
@@ -12,9 +13,9 @@ use tollgate_core::{
     Micros, NewAccount, Quantity, SpendState, Timestamp, UsageCommand,
 };
 
-use super::PgResult;
 use super::events;
 use super::rows::{self, StoredAccount};
+use super::{PgError, PgResult};
 use crate::decide::{decide_usage, not_found, overflow, usage_record};
 use crate::events::{balance_events, tier_upgrade};
 use crate::{
@@ -39,7 +40,7 @@ pub async fn create_account<C: GenericClient + Sync>(
     // ON CONFLICT instead of check-then-insert: two processes creating the
     // same id at once get one row and one AccountExists, never an error page.
     let inserted = client
-        .execute(
+        .execute_cached(
             "INSERT INTO accounts (id, name, email, created_at, cycle_start) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (id) DO NOTHING",
             &[
@@ -98,7 +99,7 @@ pub(super) async fn load_for_write<C: GenericClient + Sync>(
 ) -> PgResult<StoredAccount> {
     let mut account = load(client, context, id).await?;
     let due: Vec<String> = client
-        .query(
+        .query_cached(
             // Ties broken by id so the journal order never depends on the query plan.
             "SELECT id FROM holds WHERE account_id = $1 AND status = 'active' AND expires_at <= $2 \
              ORDER BY expires_at, id",
@@ -124,7 +125,7 @@ async fn replayed_transaction<C: GenericClient + Sync>(
     fingerprint: &str,
 ) -> PgResult<Option<String>> {
     let found = client
-        .query_opt(
+        .query_opt_cached(
             "SELECT id, request_fingerprint FROM journal_transactions WHERE account_id = $1 AND idempotency_key = $2",
             &[&account.as_str(), &key.as_str()],
         )
@@ -167,7 +168,7 @@ pub(super) async fn append<C: GenericClient + Sync>(
         None => (None, None),
     };
     client
-        .execute(
+        .execute_cached(
             "INSERT INTO journal_transactions (id, account_id, sequence, kind, amount_micros, \
              available_amount_micros, available_after_micros, held_after_micros, description, reference_id, \
              idempotency_key, request_fingerprint, created_at) \
@@ -191,7 +192,7 @@ pub(super) async fn append<C: GenericClient + Sync>(
         .await?;
     for (leg, transfer) in journal.transfers.iter().enumerate() {
         client
-            .execute(
+            .execute_cached(
                 "INSERT INTO transfers (transaction_id, leg, from_account, to_account, amount_micros) \
                  VALUES ($1, $2, $3, $4, $5)",
                 &[
@@ -246,7 +247,6 @@ async fn record_usage<C: GenericClient + Sync>(
     usage: PricedUsage<'_>,
 ) -> PgResult<UsageRecord> {
     let held = usage.journal_kind_for_hold.map(|(_, held)| held);
-    let hold_id = usage.journal_kind_for_hold.map(|(hold_id, _)| hold_id);
     let decision = decide_usage(
         context.rules,
         &account.record,
@@ -255,6 +255,18 @@ async fn record_usage<C: GenericClient + Sync>(
         held,
         context.now,
     )?;
+    write_usage(client, context, account, usage, decision).await
+}
+
+/// Writes a usage charge already decided: every refusal happened before this.
+async fn write_usage<C: GenericClient + Sync>(
+    client: &C,
+    context: &Context<'_>,
+    account: &mut StoredAccount,
+    usage: PricedUsage<'_>,
+    decision: crate::decide::UsageDecision,
+) -> PgResult<UsageRecord> {
+    let hold_id = usage.journal_kind_for_hold.map(|(hold_id, _)| hold_id);
     let line = append(
         client,
         context,
@@ -283,7 +295,7 @@ async fn record_usage<C: GenericClient + Sync>(
         events::insert_events(client, context, &[upgraded]).await?;
     }
     client
-        .execute(
+        .execute_cached(
             "INSERT INTO usage_records (transaction_id, account_id, action, quantity, unit_price_micros, \
              unit_list_price_micros, amount_micros, list_amount_micros, savings_micros, price_source, tier_id, \
              price_book_version, hold_id, created_at) \
@@ -327,45 +339,83 @@ impl BatchAccounts {
     }
 }
 
-/// [`charge_usage`] for one event of a batch: the account comes from, and its new
-/// state stays in, `accounts`. The caller holds every account's row lock and runs the
-/// event in a savepoint; on an error the account is as it was before the event.
+impl BatchAccounts {
+    /// Loads every account of a batch (the caller holds their row locks), releasing
+    /// holds whose time ran out: those releases stand whatever the events do. An
+    /// account that does not exist is remembered as missing; its events are refused.
+    pub async fn load<C: GenericClient + Sync>(
+        client: &C,
+        context: &Context<'_>,
+        ids: &[&AccountId],
+    ) -> PgResult<BatchAccounts> {
+        let mut accounts = BatchAccounts::default();
+        for id in ids {
+            match load_for_write(client, context, id).await {
+                Ok(account) => {
+                    accounts.loaded.insert((*id).clone(), account);
+                }
+                Err(PgError::Store(StoreError::NotFound { .. })) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(accounts)
+    }
+}
+
+/// [`charge_usage`] for one event of a batch, with no savepoint: the account comes
+/// from, and its new state stays in, `accounts` (loaded by [`BatchAccounts::load`]), and
+/// every refusal (`Ok(Err(..))`) is decided before the event's first write, so it leaves
+/// nothing behind. An `Err` came after a write (or from the database): the batch's
+/// transaction must roll back as a whole.
 pub async fn charge_usage_in_batch<C: GenericClient + Sync>(
     client: &C,
     context: &Context<'_>,
     command: &UsageCommand,
     accounts: &mut BatchAccounts,
-) -> PgResult<Idempotent<UsageRecord>> {
+) -> PgResult<StoreResult<Idempotent<UsageRecord>>> {
     let fingerprint = command.fingerprint();
-    if let Some(id) =
-        replayed_transaction(client, &command.account, &command.idempotency_key, &fingerprint).await?
-    {
-        return Ok(Idempotent {
-            value: rows::load_usage(client, &id).await?,
-            replayed: true,
-        });
+    match replayed_transaction(client, &command.account, &command.idempotency_key, &fingerprint).await {
+        Ok(Some(id)) => {
+            return Ok(Ok(Idempotent {
+                value: rows::load_usage(client, &id).await?,
+                replayed: true,
+            }));
+        }
+        Ok(None) => {}
+        Err(PgError::Store(refusal)) => return Ok(Err(refusal)),
+        Err(error) => return Err(error),
     }
-    let mut account = match accounts.loaded.get(&command.account) {
-        Some(account) => account.clone(),
-        None => load_for_write(client, context, &command.account).await?,
+    let Some(account) = accounts.loaded.get_mut(&command.account) else {
+        return Ok(Err(not_found("account", &command.account)));
     };
-    let usage = record_usage(
+    let decision = match decide_usage(
+        context.rules,
+        &account.record,
+        &command.action,
+        command.quantity,
+        None,
+        context.now,
+    ) {
+        Ok(decision) => decision,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    let usage = write_usage(
         client,
         context,
-        &mut account,
+        account,
         PricedUsage {
             action: &command.action,
             quantity: command.quantity,
             journal_kind_for_hold: None,
             idempotency: Some((&command.idempotency_key, fingerprint)),
         },
+        decision,
     )
     .await?;
-    accounts.loaded.insert(command.account.clone(), account);
-    Ok(Idempotent {
+    Ok(Ok(Idempotent {
         value: usage,
         replayed: false,
-    })
+    }))
 }
 
 pub async fn grant<C: GenericClient + Sync>(
@@ -485,7 +535,7 @@ pub async fn place_hold<C: GenericClient + Sync>(
         replayed_transaction(client, &command.account, &command.idempotency_key, &fingerprint).await?
     {
         let hold_id: String = client
-            .query_one(
+            .query_one_cached(
                 "SELECT id FROM holds WHERE placed_transaction_id = $1",
                 &[&transaction_id],
             )
@@ -531,7 +581,7 @@ pub async fn place_hold<C: GenericClient + Sync>(
     .await?;
     let expires_at = context.now + command.ttl.duration();
     client
-        .execute(
+        .execute_cached(
             "INSERT INTO holds (id, account_id, action, amount_micros, status, expires_at, created_at, \
              placed_transaction_id) VALUES ($1, $2, $3, $4, 'active', $5, $6, $7)",
             &[
@@ -603,7 +653,7 @@ async fn close_hold<C: GenericClient + Sync>(
     )
     .await?;
     let closed = client
-        .execute(
+        .execute_cached(
             "UPDATE holds SET status = $2, closed_transaction_id = $3, closed_at = $4 \
              WHERE id = $1 AND status = 'active'",
             &[&hold_id, &status.code(), &line.id, &to_unix_micros(context.now)],
@@ -646,7 +696,7 @@ pub async fn capture_hold<C: GenericClient + Sync>(
     )
     .await?;
     let closed = client
-        .execute(
+        .execute_cached(
             "UPDATE holds SET status = 'captured', closed_transaction_id = $2, closed_at = $3, captured_micros = $4 \
              WHERE id = $1 AND status = 'active'",
             &[&hold_id, &usage.id, &to_unix_micros(context.now), &usage.amount.get()],
@@ -691,7 +741,7 @@ pub async fn expire_due_holds<C: GenericClient + Sync>(
     limit: usize,
 ) -> PgResult<usize> {
     let due: Vec<(String, String)> = client
-        .query(
+        .query_cached(
             "SELECT id, account_id FROM holds WHERE status = 'active' AND expires_at <= $1 \
              ORDER BY expires_at, id LIMIT $2",
             &[

@@ -10,7 +10,9 @@
 //! idempotency keys) are the backstop; a violation retries the whole
 //! transaction, which then sees the winner's row.
 
-use tokio_postgres::{GenericClient, Row};
+use super::prepared::Prepared as _;
+use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
 use tollgate_core::clock::{from_unix_micros, to_unix_micros};
 use tollgate_core::payments::DisputeMove;
 use tollgate_core::{
@@ -54,7 +56,7 @@ async fn lock<C: GenericClient + Sync>(client: &C, account: &AccountId) -> PgRes
 /// For reads: an unknown account is an error, not an empty profile or list.
 async fn ensure_account<C: GenericClient + Sync>(client: &C, account: &AccountId) -> PgResult<()> {
     if client
-        .query_opt("SELECT 1 FROM accounts WHERE id = $1", &[&account.as_str()])
+        .query_opt_cached("SELECT 1 FROM accounts WHERE id = $1", &[&account.as_str()])
         .await?
         .is_some()
     {
@@ -92,7 +94,7 @@ pub async fn payment_profile<C: GenericClient + Sync>(
 ) -> PgResult<PaymentProfile> {
     ensure_account(client, account).await?;
     let row = client
-        .query_opt(
+        .query_opt_cached(
             "SELECT processor_customer_id, card_id, card_brand, card_last4, card_exp_month, card_exp_year, \
              card_added_at FROM payment_profiles WHERE account_id = $1",
             &[&account.as_str()],
@@ -114,7 +116,7 @@ async fn ensure_profile<C: GenericClient + Sync>(
     account: &AccountId,
 ) -> PgResult<()> {
     client
-        .execute(
+        .execute_cached(
             "INSERT INTO payment_profiles (account_id, updated_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             &[&account.as_str(), &to_unix_micros(context.now)],
         )
@@ -132,7 +134,7 @@ pub async fn set_processor_customer<C: GenericClient + Sync>(
     lock(client, account).await?;
     ensure_profile(client, context, account).await?;
     let owner: Option<String> = client
-        .query_opt(
+        .query_opt_cached(
             "SELECT account_id FROM payment_profiles WHERE processor_customer_id = $1",
             &[&customer],
         )
@@ -144,7 +146,7 @@ pub async fn set_processor_customer<C: GenericClient + Sync>(
     }
     // Under the lock the first creator's customer is visible here: a second one keeps it.
     client
-        .execute(
+        .execute_cached(
             "UPDATE payment_profiles SET processor_customer_id = $2, updated_at = $3 \
              WHERE account_id = $1 AND processor_customer_id IS NULL",
             &[&account.as_str(), &customer, &to_unix_micros(context.now)],
@@ -165,7 +167,7 @@ pub async fn record_card_setup<C: GenericClient + Sync>(
 ) -> PgResult<()> {
     lock(client, account).await?;
     let owner: Option<String> = client
-        .query_opt(
+        .query_opt_cached(
             "SELECT account_id FROM card_setups WHERE session_id = $1",
             &[&session],
         )
@@ -178,7 +180,7 @@ pub async fn record_card_setup<C: GenericClient + Sync>(
             // Another account recording the same session at once is held off by the primary
             // key; the retry then finds its row and refuses.
             client
-                .execute(
+                .execute_cached(
                     "INSERT INTO card_setups (session_id, account_id, created_at) VALUES ($1, $2, $3)",
                     &[&session, &account.as_str(), &to_unix_micros(context.now)],
                 )
@@ -200,7 +202,7 @@ async fn write_card<C: GenericClient + Sync>(
     ensure_profile(client, context, account).await?;
     let previous = payment_profile(client, account).await?.card;
     client
-        .execute(
+        .execute_cached(
             "UPDATE payment_profiles SET card_id = $2, card_brand = $3, card_last4 = $4, card_exp_month = $5, \
              card_exp_year = $6, card_added_at = $7, updated_at = $8 WHERE account_id = $1",
             &[
@@ -237,10 +239,10 @@ pub async fn complete_card_setup<C: GenericClient + Sync>(
         Ok((rows::account_id(&account)?, row.try_get(1)?))
     };
     const SETUP: &str = "SELECT account_id, card_id FROM card_setups WHERE session_id = $1";
-    let (account, _) = setup_account(client.query_opt(SETUP, &[&session]).await?)?;
+    let (account, _) = setup_account(client.query_opt_cached(SETUP, &[&session]).await?)?;
     lock(client, &account).await?;
     // Read again under the lock: a concurrent confirmation of this session has committed by now.
-    let (account, confirmed) = setup_account(client.query_opt(SETUP, &[&session]).await?)?;
+    let (account, confirmed) = setup_account(client.query_opt_cached(SETUP, &[&session]).await?)?;
     if confirmed.is_some() {
         return Ok(CardSetupResult {
             applied: false,
@@ -249,7 +251,7 @@ pub async fn complete_card_setup<C: GenericClient + Sync>(
         });
     }
     let completed = client
-        .execute(
+        .execute_cached(
             "UPDATE card_setups SET card_id = $2, completed_at = $3 WHERE session_id = $1 AND card_id IS NULL",
             &[&session, &card.processor_id, &to_unix_micros(context.now)],
         )
@@ -378,7 +380,7 @@ async fn load_topup_where<C: GenericClient + Sync>(
     value: &str,
 ) -> PgResult<Option<TopupRecord>> {
     client
-        .query_opt(
+        .query_opt_cached(
             // A charge may (in principle) name several top-ups: always the oldest one.
             &format!("SELECT {TOPUP_COLUMNS} FROM {TOPUP_FROM} WHERE {condition} ORDER BY t.id LIMIT 1"),
             &[&value],
@@ -420,7 +422,7 @@ pub async fn list_topups<C: GenericClient + Sync>(
     // Ids are time-ordered (uuid v7) and compare bytewise, so id order is creation order.
     if let Some(cursor) = &page.starting_after
         && client
-            .query_opt(
+            .query_opt_cached(
                 "SELECT 1 FROM topups WHERE id = $1 AND account_id = $2",
                 &[cursor, &account.as_str()],
             )
@@ -430,7 +432,7 @@ pub async fn list_topups<C: GenericClient + Sync>(
         return Err(StoreError::InvalidCursor(cursor.clone()).into());
     }
     let rows = client
-        .query(
+        .query_cached(
             &format!(
                 "SELECT {TOPUP_COLUMNS} FROM {TOPUP_FROM} \
                  WHERE t.account_id = $1 AND ($2::TEXT IS NULL OR t.id < $2) ORDER BY t.id DESC LIMIT $3"
@@ -456,7 +458,7 @@ pub async fn open_topups<C: GenericClient + Sync>(
 ) -> PgResult<Vec<TopupRecord>> {
     let limit = i64::try_from(limit.min(MAX_RECOVERY_BATCH)).unwrap_or(0);
     client
-        .query(
+        .query_cached(
             &format!(
                 "SELECT {TOPUP_COLUMNS} FROM {TOPUP_FROM} \
                  WHERE t.status IN ('pending', 'requires_payment_method', 'requires_action') AND t.created_at < $1 \
@@ -482,7 +484,7 @@ pub async fn create_topup<C: GenericClient + Sync>(
     lock(client, &topup.account).await?;
     let fingerprint = topup.fingerprint();
     let existing = client
-        .query_opt(
+        .query_opt_cached(
             "SELECT id, request_fingerprint FROM topups WHERE account_id = $1 AND idempotency_key = $2",
             &[&topup.account.as_str(), &topup.idempotency_key.as_str()],
         )
@@ -499,7 +501,7 @@ pub async fn create_topup<C: GenericClient + Sync>(
     let id = new_id("top");
     let now = to_unix_micros(context.now);
     client
-        .execute(
+        .execute_cached(
             "INSERT INTO topups (id, account_id, amount_micros, source, status, idempotency_key, \
              request_fingerprint, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
             &[
@@ -537,7 +539,7 @@ async fn ensure_reference_free<C: GenericClient + Sync>(
     topup_id: &str,
 ) -> PgResult<()> {
     let other = client
-        .query_opt(
+        .query_opt_cached(
             &format!("SELECT id FROM topups WHERE {column} = $1 AND id <> $2 LIMIT 1"),
             &[&reference, &topup_id],
         )
@@ -565,7 +567,7 @@ pub async fn link_topup<C: GenericClient + Sync>(
         ensure_reference_free(client, "payment_reference", "payment", payment, topup_id).await?;
     }
     client
-        .execute(
+        .execute_cached(
             "UPDATE topups SET checkout_session_id = COALESCE(checkout_session_id, $2), \
              payment_reference = COALESCE(payment_reference, $3), updated_at = $4 WHERE id = $1",
             &[
@@ -589,7 +591,7 @@ async fn save_flagged<C: GenericClient + Sync>(
 ) -> PgResult<()> {
     let id = account.record.id.as_str();
     let before: Option<i64> = client
-        .query_one("SELECT attention_since FROM accounts WHERE id = $1", &[&id])
+        .query_one_cached("SELECT attention_since FROM accounts WHERE id = $1", &[&id])
         .await?
         .try_get(0)?;
     let after = attention_after(
@@ -600,11 +602,13 @@ async fn save_flagged<C: GenericClient + Sync>(
     );
     const FLAG: &str = "UPDATE accounts SET attention_since = $2 WHERE id = $1";
     if after.is_some() {
-        client.execute(FLAG, &[&id, &after.map(to_unix_micros)]).await?;
+        client
+            .execute_cached(FLAG, &[&id, &after.map(to_unix_micros)])
+            .await?;
         rows::save_account(client, account).await
     } else {
         rows::save_account(client, account).await?;
-        client.execute(FLAG, &[&id, &Option::<i64>::None]).await?;
+        client.execute_cached(FLAG, &[&id, &Option::<i64>::None]).await?;
         Ok(())
     }
 }
@@ -672,7 +676,7 @@ pub async fn settle_topup<C: GenericClient + Sync>(
         }
     };
     let updated = client
-        .execute(
+        .execute_cached(
             "UPDATE topups SET status = $2, payment_reference = $3, charge_reference = $4, card_brand = $5, \
              card_last4 = $6, failure_code = $7, failure_message = $8, \
              credited_transaction_id = COALESCE(credited_transaction_id, $9), updated_at = $10, succeeded_at = $11 \
@@ -718,7 +722,7 @@ const REFUND_COLUMNS: &str = "r.id, r.topup_id, r.account_id, r.amount_micros, r
 
 async fn load_refund<C: GenericClient + Sync>(client: &C, refund_id: &str) -> PgResult<RefundRecord> {
     let row = client
-        .query_opt(
+        .query_opt_cached(
             &format!(
                 "SELECT {REFUND_COLUMNS} FROM topup_refunds r JOIN journal_transactions j \
                  ON j.id = r.taken_transaction_id WHERE r.id = $1"
@@ -780,7 +784,7 @@ async fn insert_refund<C: GenericClient + Sync>(
     };
     let now = to_unix_micros(context.now);
     client
-        .execute(
+        .execute_cached(
             "INSERT INTO topup_refunds (id, topup_id, account_id, amount_micros, state, processor_refund_id, \
              reason, idempotency_key, request_fingerprint, taken_transaction_id, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)",
@@ -800,7 +804,7 @@ async fn insert_refund<C: GenericClient + Sync>(
         )
         .await?;
     client
-        .execute(
+        .execute_cached(
             "UPDATE topups SET refunded_micros = refunded_micros + $2, updated_at = $3 WHERE id = $1",
             &[&topup.id, &refund.amount.get(), &now],
         )
@@ -819,7 +823,7 @@ pub async fn begin_refund<C: GenericClient + Sync>(
     let topup = lock_topup(client, &request.topup_id).await?;
     let fingerprint = request.fingerprint();
     let existing = client
-        .query_opt(
+        .query_opt_cached(
             "SELECT id, request_fingerprint FROM topup_refunds WHERE topup_id = $1 AND idempotency_key = $2",
             &[&request.topup_id, &request.idempotency_key.as_str()],
         )
@@ -883,7 +887,7 @@ pub async fn finish_refund<C: GenericClient + Sync>(
     match outcome {
         Ok(processor_refund) => {
             if let Some(other) = client
-                .query_opt(
+                .query_opt_cached(
                     "SELECT id FROM topup_refunds WHERE processor_refund_id = $1 AND id <> $2",
                     &[processor_refund, &refund_id],
                 )
@@ -896,7 +900,7 @@ pub async fn finish_refund<C: GenericClient + Sync>(
                 .into());
             }
             client
-                .execute(
+                .execute_cached(
                     "UPDATE topup_refunds SET state = 'succeeded', processor_refund_id = $2, updated_at = $3 \
                      WHERE id = $1",
                     &[&refund_id, processor_refund, &now],
@@ -916,14 +920,14 @@ pub async fn finish_refund<C: GenericClient + Sync>(
             )
             .await?;
             client
-                .execute(
+                .execute_cached(
                     "UPDATE topup_refunds SET state = 'failed', returned_transaction_id = $2, updated_at = $3 \
                      WHERE id = $1",
                     &[&refund_id, &line.id, &now],
                 )
                 .await?;
             client
-                .execute(
+                .execute_cached(
                     "UPDATE topups SET refunded_micros = refunded_micros - $2, updated_at = $3 WHERE id = $1",
                     &[&refund.topup_id, &refund.amount.get(), &now],
                 )
@@ -944,7 +948,7 @@ pub async fn finish_refund<C: GenericClient + Sync>(
 /// The largest refunded total the processor reported for the top-up's payment.
 async fn processor_refunded<C: GenericClient + Sync>(client: &C, topup_id: &str) -> PgResult<Micros> {
     let total: i64 = client
-        .query_one(
+        .query_one_cached(
             "SELECT processor_refunded_micros FROM topups WHERE id = $1",
             &[&topup_id],
         )
@@ -1006,7 +1010,7 @@ pub async fn reconcile_refunded<C: GenericClient + Sync>(
     // tells what else was refunded (see `finish_refund`). The largest total wins, since
     // totals only grow and their news may arrive out of order.
     client
-        .execute(
+        .execute_cached(
             "UPDATE topups SET processor_refunded_micros = GREATEST(processor_refunded_micros, $2) \
              WHERE id = $1",
             &[&topup.id, &total_refunded.get().max(0)],
@@ -1042,7 +1046,7 @@ pub async fn apply_dispute<C: GenericClient + Sync>(
     // Under the lock, the same news delivered twice at once moves money once.
     let topup = lock_topup(client, &found.id).await?;
     let recorded = client
-        .query_opt(
+        .query_opt_cached(
             "SELECT topup_id, status, amount_micros FROM topup_disputes WHERE id = $1",
             &[&news.dispute],
         )
@@ -1083,7 +1087,7 @@ pub async fn apply_dispute<C: GenericClient + Sync>(
     };
     // The amount stays the one first heard of: it is what a win gives back.
     client
-        .execute(
+        .execute_cached(
             "INSERT INTO topup_disputes (id, topup_id, account_id, amount_micros, status, taken_transaction_id, \
              returned_transaction_id, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
              ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, \
@@ -1103,7 +1107,7 @@ pub async fn apply_dispute<C: GenericClient + Sync>(
         )
         .await?;
     client
-        .execute(
+        .execute_cached(
             "UPDATE topups SET disputed_micros = $2, updated_at = $3 WHERE id = $1",
             &[&topup.id, &decision.disputed_after.get(), &now],
         )
@@ -1124,7 +1128,7 @@ pub async fn record_processor_event<C: GenericClient + Sync>(
     // A concurrent insert of the same id waits for the first to commit, then does nothing:
     // exactly one caller hears `true`.
     let inserted = client
-        .execute(
+        .execute_cached(
             "INSERT INTO processor_events (event_id, event_type, received_at) VALUES ($1, $2, $3) \
              ON CONFLICT DO NOTHING",
             &[&event_id, &event_type, &to_unix_micros(context.now)],

@@ -1,6 +1,7 @@
 //! Plans on PostgreSQL, under the account's row lock.
 
-use tokio_postgres::GenericClient;
+use super::prepared::Prepared as _;
+use deadpool_postgres::GenericClient;
 use tollgate_core::{AccountId, PlanCommand, Timestamp};
 
 use super::PgResult;
@@ -13,7 +14,7 @@ use crate::plan::{check_plan, discount_code, mode_code, net_terms, plan_audit, p
 
 async fn stored_terms<C: GenericClient + Sync>(client: &C, account: &AccountId) -> PgResult<Option<u16>> {
     let row = client
-        .query_one(
+        .query_one_cached(
             "SELECT net_terms_days FROM accounts WHERE id = $1",
             &[&account.as_str()],
         )
@@ -50,7 +51,7 @@ pub async fn set_plan<C: GenericClient + Sync>(
     rows::save_account(client, &account).await?;
     let (mode, credit_limit) = mode_code(command.mode);
     client
-        .execute(
+        .execute_cached(
             "UPDATE accounts SET billing_mode = $2, credit_limit_micros = $3, personal_discount_percent = $4, \
              net_terms_days = $5 WHERE id = $1",
             &[
@@ -64,14 +65,14 @@ pub async fn set_plan<C: GenericClient + Sync>(
         .await?;
     invoices::change_period(client, &command.account, period).await?;
     client
-        .execute(
+        .execute_cached(
             "DELETE FROM account_prices WHERE account_id = $1",
             &[&command.account.as_str()],
         )
         .await?;
     for (action, price) in &command.plan.custom_prices {
         client
-            .execute(
+            .execute_cached(
                 "INSERT INTO account_prices (account_id, action, price_micros) VALUES ($1, $2, $3)",
                 &[&command.account.as_str(), &action.as_str(), &price.get()],
             )

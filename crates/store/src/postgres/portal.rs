@@ -4,7 +4,9 @@
 //! re-checks the condition against the committed row and matches nothing. No account
 //! lock is needed: these rows touch no balance.
 
-use tokio_postgres::{GenericClient, Row};
+use super::prepared::Prepared as _;
+use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
 use tollgate_core::clock::{from_unix_micros, to_unix_micros};
 use tollgate_core::{AccountId, Timestamp};
 
@@ -34,14 +36,14 @@ pub async fn create_portal_session<C: GenericClient + Sync>(
 ) -> PgResult<()> {
     let now = to_unix_micros(context.now);
     client
-        .execute(
+        .execute_cached(
             "DELETE FROM portal_sessions WHERE id IN (SELECT id FROM portal_sessions \
              WHERE (redeemed_at IS NULL AND link_expires_at <= $1) OR session_expires_at <= $1 LIMIT $2)",
             &[&now, &PORTAL_CLEANUP_BATCH],
         )
         .await?;
     if client
-        .query_opt(
+        .query_opt_cached(
             "SELECT 1 FROM accounts WHERE id = $1",
             &[&session.account.as_str()],
         )
@@ -51,7 +53,7 @@ pub async fn create_portal_session<C: GenericClient + Sync>(
         return Err(not_found("account", &session.account).into());
     }
     client
-        .execute(
+        .execute_cached(
             "INSERT INTO portal_sessions (id, account_id, link_hash, link_expires_at, return_url, created_by, \
              created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
             &[
@@ -76,7 +78,7 @@ pub async fn redeem_portal_link<C: GenericClient + Sync>(
     session_expires_at: Timestamp,
 ) -> PgResult<Option<PortalSessionRecord>> {
     let row = client
-        .query_opt(
+        .query_opt_cached(
             &format!(
                 "UPDATE portal_sessions SET session_hash = $2, redeemed_at = $3, session_expires_at = $4 \
                  WHERE link_hash = $1 AND redeemed_at IS NULL AND link_expires_at > $3 RETURNING {RETURNED}"
@@ -98,7 +100,7 @@ pub async fn portal_session<C: GenericClient + Sync>(
     session_hash: &str,
 ) -> PgResult<Option<PortalSessionRecord>> {
     let row = client
-        .query_opt(
+        .query_opt_cached(
             &format!(
                 "SELECT {RETURNED} FROM portal_sessions WHERE session_hash = $1 AND session_expires_at > $2"
             ),

@@ -7,7 +7,8 @@
 //! backstop: an insert it refuses (`ON CONFLICT DO NOTHING`) reads as a recharge in
 //! flight, never as an error.
 
-use tokio_postgres::GenericClient;
+use super::prepared::Prepared as _;
+use deadpool_postgres::GenericClient;
 use tollgate_core::clock::{from_unix_micros, to_unix_micros};
 use tollgate_core::{
     AccountId, Actor, BillingCycle, CycleAnchor, Micros, RechargeBlocked, Timestamp, TopupLimits,
@@ -31,7 +32,7 @@ const MAX_SKIPPED_SEQUENCES: usize = 8;
 
 async fn created_at<C: GenericClient + Sync>(client: &C, account: &AccountId) -> PgResult<Timestamp> {
     let row = client
-        .query_opt(
+        .query_opt_cached(
             "SELECT created_at FROM accounts WHERE id = $1",
             &[&account.as_str()],
         )
@@ -55,7 +56,7 @@ async fn load_rule<C: GenericClient + Sync>(
     account: &AccountId,
 ) -> PgResult<Option<(RuleState, Timestamp)>> {
     let Some(row) = client
-        .query_opt(
+        .query_opt_cached(
             "SELECT enabled, threshold_micros, target_micros, monthly_cap_micros, status, status_reason, \
              status_at, blocked_until, last_sequence, in_flight_sequence, updated_at \
              FROM auto_recharge_rules WHERE account_id = $1",
@@ -96,7 +97,7 @@ async fn save_rule<C: GenericClient + Sync>(
 ) -> PgResult<()> {
     let columns = state.to_columns(CycleAnchor::from_created_at(created_at))?;
     client
-        .execute(
+        .execute_cached(
             "INSERT INTO auto_recharge_rules (account_id, enabled, threshold_micros, target_micros, \
              monthly_cap_micros, status, status_reason, status_at, blocked_until, last_sequence, \
              in_flight_sequence, created_at, updated_at) \
@@ -133,7 +134,7 @@ async fn recharged_in<C: GenericClient + Sync>(
     cycle: BillingCycle,
 ) -> PgResult<Micros> {
     let row = client
-        .query_one(
+        .query_one_cached(
             "SELECT CAST(COALESCE(SUM(amount_micros), 0) AS BIGINT) FROM topups WHERE account_id = $1 \
              AND source = 'auto_recharge' AND status = 'succeeded' AND succeeded_at >= $2 AND succeeded_at < $3",
             &[
@@ -149,7 +150,7 @@ async fn recharged_in<C: GenericClient + Sync>(
 /// The sequence of the account's open auto top-up, if it has one.
 async fn open_sequence<C: GenericClient + Sync>(client: &C, account: &AccountId) -> PgResult<Option<u64>> {
     let row = client
-        .query_opt(
+        .query_opt_cached(
             "SELECT recharge_sequence FROM topups WHERE account_id = $1 \
              AND source = 'auto_recharge' AND status IN ('pending', 'requires_action')",
             &[&account.as_str()],
@@ -204,7 +205,7 @@ pub async fn due_auto_recharges<C: GenericClient + Sync>(
 ) -> PgResult<Vec<AccountId>> {
     let limit = i64::try_from(limit.min(MAX_AUTO_RECHARGE_BATCH)).unwrap_or(0);
     client
-        .query(
+        .query_cached(
             "SELECT r.account_id FROM auto_recharge_rules r JOIN accounts a ON a.id = r.account_id \
              WHERE r.enabled AND r.in_flight_sequence IS NULL \
              AND (r.blocked_until IS NULL OR r.blocked_until <= $1) \
@@ -226,7 +227,7 @@ pub async fn due_auto_recharges<C: GenericClient + Sync>(
 /// True when a top-up of the account already uses `key`.
 async fn key_taken<C: GenericClient + Sync>(client: &C, account: &AccountId, key: &str) -> PgResult<bool> {
     Ok(client
-        .query_opt(
+        .query_opt_cached(
             "SELECT 1 FROM topups WHERE account_id = $1 AND idempotency_key = $2",
             &[&account.as_str(), &key],
         )
@@ -293,7 +294,7 @@ pub async fn begin_auto_recharge<C: GenericClient + Sync>(
         let id = new_id("top");
         let now = to_unix_micros(context.now);
         let inserted = client
-            .execute(
+            .execute_cached(
                 "INSERT INTO topups (id, account_id, amount_micros, source, status, idempotency_key, \
                  request_fingerprint, created_at, updated_at, recharge_sequence) \
                  VALUES ($1, $2, $3, 'auto_recharge', 'pending', $4, $5, $6, $6, $7) ON CONFLICT DO NOTHING",
@@ -337,7 +338,7 @@ pub async fn open_auto_recharges<C: GenericClient + Sync>(
 ) -> PgResult<Vec<TopupRecord>> {
     let limit = i64::try_from(limit.min(MAX_AUTO_RECHARGE_BATCH)).unwrap_or(0);
     client
-        .query(
+        .query_cached(
             &format!(
                 "SELECT {TOPUP_COLUMNS} FROM {TOPUP_FROM} \
                  WHERE t.source = 'auto_recharge' AND t.status IN ('pending', 'requires_action') \

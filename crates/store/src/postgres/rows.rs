@@ -1,6 +1,8 @@
 //! Row mapping and read queries for PostgreSQL; the twin of `sqlite/rows.rs`.
 
-use tokio_postgres::{GenericClient, Row};
+use super::prepared::Prepared as _;
+use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
 use tollgate_core::clock::{from_unix_micros, to_unix_micros};
 use tollgate_core::{
     AccountId, AccountPlan, ActionId, Balances, BillingMode, CycleAnchor, DiscountPercent, HoldStatus,
@@ -65,7 +67,7 @@ async fn account_from_row<C: GenericClient + Sync>(
     };
     let mut custom_prices = std::collections::BTreeMap::new();
     for price in client
-        .query(
+        .query_cached(
             "SELECT action, price_micros FROM account_prices WHERE account_id = $1",
             &[&raw_id],
         )
@@ -113,7 +115,7 @@ pub async fn load_account<C: GenericClient + Sync>(
     now: Timestamp,
 ) -> PgResult<Option<StoredAccount>> {
     let row = client
-        .query_opt(
+        .query_opt_cached(
             &format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1"),
             &[&id.as_str()],
         )
@@ -130,9 +132,26 @@ pub async fn load_account<C: GenericClient + Sync>(
 /// so writers of one account, in any process, run one after the other.
 pub async fn lock_account<C: GenericClient + Sync>(client: &C, id: &str) -> PgResult<bool> {
     Ok(client
-        .query_opt("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", &[&id])
+        .query_opt_cached("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", &[&id])
         .await?
         .is_some())
+}
+
+/// Locks the accounts named in `sorted_ids` (sorted, no repeats), in that order, with one
+/// statement: two batches locking overlapping accounts queue instead of deadlocking.
+pub async fn lock_accounts_in_order<C: GenericClient + Sync>(
+    client: &C,
+    sorted_ids: &[&str],
+) -> PgResult<()> {
+    debug_assert!(sorted_ids.windows(2).all(|pair| pair[0] < pair[1]));
+    // LockRows sits above the Sort: rows are locked in the order they are returned.
+    client
+        .query_cached(
+            "SELECT id FROM accounts WHERE id = ANY($1) ORDER BY id COLLATE \"C\" FOR UPDATE",
+            &[&sorted_ids],
+        )
+        .await?;
+    Ok(())
 }
 
 /// Writes back balances, journal position and spend totals.
@@ -140,7 +159,7 @@ pub async fn save_account<C: GenericClient + Sync>(client: &C, account: &StoredA
     let record = &account.record;
     let spend = &record.spend;
     client
-        .execute(
+        .execute_cached(
             "UPDATE accounts SET available_micros = $2, held_micros = $3, journal_sequence = $4, \
              cycle_start = $5, cycle_spend_micros = $6, previous_cycle_spend_micros = $7, \
              lifetime_spend_micros = $8, cycle_savings_micros = $9, lifetime_savings_micros = $10 \
@@ -172,14 +191,14 @@ pub async fn list_accounts<C: GenericClient + Sync>(
     // A cursor must name an account of the list, as for every other list.
     if let Some(cursor) = &page.starting_after
         && client
-            .query_opt("SELECT 1 FROM accounts WHERE id = $1", &[cursor])
+            .query_opt_cached("SELECT 1 FROM accounts WHERE id = $1", &[cursor])
             .await?
             .is_none()
     {
         return Err(StoreError::InvalidCursor(cursor.clone()).into());
     }
     let rows = client
-        .query(
+        .query_cached(
             &format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id > $1 ORDER BY id LIMIT $2"),
             &[&after, &(i64::from(page.limit) + 1)],
         )
@@ -211,7 +230,7 @@ fn price_source(code: &str) -> StoreResult<PriceSource> {
 /// One usage record by its transaction id.
 pub async fn load_usage<C: GenericClient + Sync>(client: &C, transaction_id: &str) -> PgResult<UsageRecord> {
     let row = client
-        .query_opt(
+        .query_opt_cached(
             &format!(
                 "SELECT {USAGE_COLUMNS} FROM usage_records u \
                  JOIN journal_transactions j ON j.id = u.transaction_id WHERE u.transaction_id = $1"
@@ -258,7 +277,7 @@ const HOLD_COLUMNS: &str = "h.id, h.account_id, h.action, h.amount_micros, h.sta
 /// One hold with the balances after its latest change, or `None`.
 pub async fn load_hold<C: GenericClient + Sync>(client: &C, hold_id: &str) -> PgResult<Option<HoldRecord>> {
     let Some(row) = client
-        .query_opt(
+        .query_opt_cached(
             &format!(
                 "SELECT {HOLD_COLUMNS} FROM holds h JOIN journal_transactions j \
                  ON j.id = COALESCE(h.closed_transaction_id, h.placed_transaction_id) WHERE h.id = $1"
@@ -318,7 +337,7 @@ pub async fn load_transaction<C: GenericClient + Sync>(
     transaction_id: &str,
 ) -> PgResult<TransactionLine> {
     let row = client
-        .query_opt(
+        .query_opt_cached(
             &format!("SELECT {TRANSACTION_COLUMNS} FROM journal_transactions WHERE id = $1"),
             &[&transaction_id],
         )
@@ -338,7 +357,7 @@ pub async fn list_transactions<C: GenericClient + Sync>(
 ) -> PgResult<Page<TransactionLine>> {
     // An unknown account is not an empty journal.
     if client
-        .query_opt("SELECT 1 FROM accounts WHERE id = $1", &[&account.as_str()])
+        .query_opt_cached("SELECT 1 FROM accounts WHERE id = $1", &[&account.as_str()])
         .await?
         .is_none()
     {
@@ -351,7 +370,7 @@ pub async fn list_transactions<C: GenericClient + Sync>(
     let before_sequence: i64 = match &page.starting_after {
         None => i64::MAX,
         Some(cursor) => client
-            .query_opt(
+            .query_opt_cached(
                 "SELECT sequence FROM journal_transactions WHERE id = $1 AND account_id = $2",
                 &[cursor, &account.as_str()],
             )
@@ -360,7 +379,7 @@ pub async fn list_transactions<C: GenericClient + Sync>(
             .try_get(0)?,
     };
     let rows = client
-        .query(
+        .query_cached(
             &format!(
                 "SELECT {TRANSACTION_COLUMNS} FROM journal_transactions \
                  WHERE account_id = $1 AND sequence < $2 ORDER BY sequence DESC LIMIT $3"
@@ -384,7 +403,7 @@ pub async fn daily_usage<C: GenericClient + Sync>(
 ) -> PgResult<Vec<(time::Date, String, Micros)>> {
     // Integer division floors like SQLite's for the non-negative times stored.
     let rows = client
-        .query(
+        .query_cached(
             "SELECT created_at / $3 AS day, action, CAST(SUM(amount_micros) AS BIGINT) FROM usage_records \
              WHERE account_id = $1 AND created_at >= $2 GROUP BY day, action ORDER BY day, action",
             &[&account.as_str(), &to_unix_micros(since), &MICROS_PER_DAY],
@@ -405,7 +424,7 @@ pub async fn daily_usage<C: GenericClient + Sync>(
 /// Stores an API key.
 pub async fn insert_api_key<C: GenericClient + Sync>(client: &C, key: &ApiKeyRecord) -> PgResult<()> {
     client
-        .execute(
+        .execute_cached(
             "INSERT INTO api_keys (id, key_hash, label, created_at) VALUES ($1, $2, $3, $4)",
             &[
                 &key.id,
@@ -424,7 +443,7 @@ pub async fn api_key_by_hash<C: GenericClient + Sync>(
     key_hash: &str,
 ) -> PgResult<Option<ApiKeyRecord>> {
     let row = client
-        .query_opt(
+        .query_opt_cached(
             "SELECT id, key_hash, label, created_at FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
             &[&key_hash],
         )
@@ -443,7 +462,7 @@ pub async fn api_key_by_hash<C: GenericClient + Sync>(
 /// Number of live keys.
 pub async fn count_api_keys<C: GenericClient + Sync>(client: &C) -> PgResult<u64> {
     let count: i64 = client
-        .query_one("SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL", &[])
+        .query_one_cached("SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL", &[])
         .await?
         .try_get(0)?;
     Ok(u64::try_from(count).unwrap_or(0))
@@ -452,7 +471,7 @@ pub async fn count_api_keys<C: GenericClient + Sync>(client: &C) -> PgResult<u64
 /// Appends an audit entry.
 pub async fn insert_audit<C: GenericClient + Sync>(client: &C, entry: &AuditRecord) -> PgResult<()> {
     client
-        .execute(
+        .execute_cached(
             "INSERT INTO audit_log (id, actor, action, account_id, before_state, after_state, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
             &[
@@ -479,7 +498,7 @@ pub async fn list_audit<C: GenericClient + Sync>(
         .clone()
         .unwrap_or_else(|| "\u{10ffff}".to_owned());
     let rows = client
-        .query(
+        .query_cached(
             "SELECT id, actor, action, account_id, before_state, after_state, created_at FROM audit_log \
              WHERE id < $1 ORDER BY id DESC LIMIT $2",
             &[&before, &(i64::from(page.limit) + 1)],
@@ -510,7 +529,7 @@ pub async fn has_due_holds<C: GenericClient + Sync>(
     now: Timestamp,
 ) -> PgResult<bool> {
     Ok(client
-        .query_opt(
+        .query_opt_cached(
             "SELECT 1 FROM holds WHERE account_id = $1 AND status = 'active' AND expires_at <= $2 LIMIT 1",
             &[&account.as_str(), &to_unix_micros(now)],
         )

@@ -1,7 +1,8 @@
 //! `tollgate ledger verify` on PostgreSQL: gathers the facts inside the
 //! caller's REPEATABLE READ snapshot; the rules live in `crate::invariants`.
 
-use tokio_postgres::Transaction;
+use super::prepared::Prepared as _;
+use deadpool_postgres::Transaction;
 
 use super::PgResult;
 use crate::LedgerReport;
@@ -16,7 +17,7 @@ pub async fn verify(tx: &Transaction<'_>) -> PgResult<LedgerReport> {
 
     // SUM of BIGINT is NUMERIC in PostgreSQL: every sum is cast back.
     for row in tx
-        .query(
+        .query_cached(
             "SELECT code, CAST(SUM(delta) AS BIGINT) FROM ( \
                  SELECT to_account AS code, amount_micros AS delta FROM transfers \
                  UNION ALL SELECT from_account, -amount_micros FROM transfers) AS legs GROUP BY code",
@@ -28,7 +29,7 @@ pub async fn verify(tx: &Transaction<'_>) -> PgResult<LedgerReport> {
     }
 
     for row in tx
-        .query(
+        .query_cached(
             "SELECT account_id, CAST(SUM(amount_micros) AS BIGINT) FROM holds WHERE status = 'active' \
              GROUP BY account_id",
             &[],
@@ -39,7 +40,7 @@ pub async fn verify(tx: &Transaction<'_>) -> PgResult<LedgerReport> {
     }
 
     for row in tx
-        .query(
+        .query_cached(
             "SELECT transaction_id, account_id, quantity, unit_price_micros, unit_list_price_micros, amount_micros, \
              list_amount_micros, savings_micros FROM usage_records",
             &[],
@@ -59,7 +60,7 @@ pub async fn verify(tx: &Transaction<'_>) -> PgResult<LedgerReport> {
     }
 
     for row in tx
-        .query(
+        .query_cached(
             "SELECT j.id, j.account_id, j.sequence, j.amount_micros, j.available_amount_micros, \
                     j.available_after_micros, j.held_after_micros, \
                     CAST(COALESCE(SUM(CASE WHEN t.to_account = 'available:' || j.account_id THEN t.amount_micros \
@@ -90,7 +91,7 @@ pub async fn verify(tx: &Transaction<'_>) -> PgResult<LedgerReport> {
     }
 
     for row in tx
-        .query(
+        .query_cached(
             "SELECT a.id, a.billing_mode, a.credit_limit_micros, a.available_micros, a.held_micros, \
                     a.journal_sequence, a.lifetime_spend_micros, a.lifetime_savings_micros, a.cycle_spend_micros, \
                     CAST((SELECT COALESCE(SUM(u.amount_micros), 0) FROM usage_records u \
@@ -116,7 +117,7 @@ pub async fn verify(tx: &Transaction<'_>) -> PgResult<LedgerReport> {
         });
     }
     for row in tx
-        .query(
+        .query_cached(
             "SELECT t.id, t.status, t.amount_micros, j.available_amount_micros, t.refunded_micros, \
                     CAST((SELECT COALESCE(SUM(r.amount_micros), 0) FROM topup_refunds r \
                           WHERE r.topup_id = t.id AND r.state <> 'failed') AS BIGINT), \
@@ -144,7 +145,7 @@ pub async fn verify(tx: &Transaction<'_>) -> PgResult<LedgerReport> {
         });
     }
     let credits = tx
-        .query_one(
+        .query_one_cached(
             "SELECT (SELECT COUNT(*) FROM journal_transactions WHERE kind IN ('topup', 'auto_recharge')), \
                     (SELECT COUNT(*) FROM topups WHERE credited_transaction_id IS NOT NULL)",
             &[],
@@ -152,7 +153,7 @@ pub async fn verify(tx: &Transaction<'_>) -> PgResult<LedgerReport> {
         .await?;
     check.card_credits(credits.try_get(0)?, credits.try_get(1)?);
     for row in tx
-        .query(
+        .query_cached(
             "SELECT account_id, in_flight_sequence, last_sequence FROM auto_recharge_rules",
             &[],
         )
@@ -165,7 +166,7 @@ pub async fn verify(tx: &Transaction<'_>) -> PgResult<LedgerReport> {
         });
     }
     for row in tx
-        .query(
+        .query_cached(
             "SELECT id, account_id, recharge_sequence, status FROM topups WHERE source = 'auto_recharge'",
             &[],
         )
@@ -178,7 +179,7 @@ pub async fn verify(tx: &Transaction<'_>) -> PgResult<LedgerReport> {
             status: row.try_get(3)?,
         });
     }
-    for row in tx.query(INVOICE_FACTS_SQL, &[]).await? {
+    for row in tx.query_cached(INVOICE_FACTS_SQL, &[]).await? {
         check.invoice(InvoiceFacts {
             id: row.try_get(0)?,
             number: row.try_get(1)?,
@@ -193,9 +194,9 @@ pub async fn verify(tx: &Transaction<'_>) -> PgResult<LedgerReport> {
             lines_total: row.try_get(10)?,
         });
     }
-    let numbers = tx.query_one(INVOICE_NUMBERS_SQL, &[]).await?;
+    let numbers = tx.query_one_cached(INVOICE_NUMBERS_SQL, &[]).await?;
     check.invoice_numbers(numbers.try_get(0)?, numbers.try_get(1)?, numbers.try_get(2)?);
-    for row in tx.query(INVOICE_DUE_SQL, &[]).await? {
+    for row in tx.query_cached(INVOICE_DUE_SQL, &[]).await? {
         let account: String = row.try_get(0)?;
         check.invoice_due(&account, row.try_get(1)?, row.try_get(2)?);
     }
