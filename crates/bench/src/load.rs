@@ -106,7 +106,10 @@ pub fn account_id(index: usize) -> String {
 /// The client all scenarios use.
 pub fn client(concurrency: usize) -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
+        // Room for every open-loop request in flight: a connection dropped when the idle
+        // pool is full is a connect and a close per request later, CPU the figures would
+        // wrongly charge to the server.
+        .pool_max_idle_per_host(concurrency.max(OPEN_LOOP_MAX_IN_FLIGHT))
         .tcp_nodelay(true)
         // Generous: a slow answer is a slow figure, not an error to retry.
         .timeout(Duration::from_secs(60))
