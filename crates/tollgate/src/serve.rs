@@ -186,10 +186,13 @@ pub async fn run(database_url: &str, config: Config, args: ServeArgs) -> anyhow:
             Ok(link) => println!("  billing page: {} (single use, valid 5 minutes)", link.url),
             Err(error) => tracing::warn!(?error, "could not create the demo account's page link"),
         }
+        // Only a hint that names an account which exists.
+        println!(
+            "  try:        curl -H 'Authorization: Bearer <key>' {public_url}/v1/accounts/{DEMO_ACCOUNT_ID}/billing"
+        );
     }
-    println!(
-        "  try:        curl -H 'Authorization: Bearer <key>' {public_url}/v1/accounts/{DEMO_ACCOUNT_ID}/billing"
-    );
+    // Always the banner's last line: scripts (and the binary's tests) read up to it.
+    println!("  stop:       Ctrl-C (finishes the requests in flight)");
 
     tollgate_web::serve(listener, state, shutdown_signal())
         .await

@@ -117,7 +117,7 @@ fn start(place: &Place) -> Server {
         if let Some(rest) = line.trim().strip_prefix("billing page: ") {
             page_link = rest.split_whitespace().next().map(str::to_owned);
         }
-        if line.trim_start().starts_with("try:") {
+        if line.trim_start().starts_with("stop:") {
             break;
         }
     }
