@@ -296,8 +296,8 @@ macro_rules! transaction {
     }};
 }
 
-/// Runs a read in a READ ONLY transaction (so statements are prepared and
-/// used on one server connection, as PgBouncer's transaction mode needs).
+/// Runs a read in one READ ONLY, REPEATABLE READ transaction: one snapshot, and its
+/// statements prepared and used on one server connection.
 macro_rules! read {
     ($store:expr, |$tx:ident, $context:ident| $body:expr) => {{
         let store: &PgStore = $store;
@@ -305,7 +305,15 @@ macro_rules! read {
             let outcome: PgResult<_> = async {
                 let mut pooled = store.pool.get().await?;
                 let client: &mut deadpool_postgres::ClientWrapper = &mut pooled;
-                let $tx = client.build_transaction().read_only(true).start().await?;
+                // REPEATABLE READ: one snapshot for every statement of the read (at READ
+                // COMMITTED an account and then its holds could straddle a commit). A
+                // read-only transaction never fails to serialize.
+                let $tx = client
+                    .build_transaction()
+                    .isolation_level(IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()
+                    .await?;
                 let $context = store.context();
                 let value = $body?;
                 $tx.commit().await?;

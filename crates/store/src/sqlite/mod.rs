@@ -166,7 +166,18 @@ impl SqliteStore {
                 .map_err(|_| StoreError::Unavailable)?
                 .pop()
                 .ok_or(StoreError::Unavailable)?;
-            let result = operation(&connection, rules.clock.now(), &rules);
+            // One snapshot for the whole read: in autocommit mode each statement would see
+            // the database as of its own start, so a read of an account and then of its
+            // holds could straddle a commit (an account showing funds held by a hold that
+            // the next statement no longer finds due).
+            let result = connection
+                .execute_batch("BEGIN DEFERRED")
+                .map_err(StoreError::from)
+                .and_then(|()| operation(&connection, rules.clock.now(), &rules));
+            if !connection.is_autocommit() {
+                // Read-only: nothing to keep; ending it lets checkpoints move past it.
+                let _ = connection.execute_batch("ROLLBACK");
+            }
             if let Ok(mut pool) = readers.connections.lock() {
                 pool.push(connection);
             }

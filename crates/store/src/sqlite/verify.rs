@@ -10,13 +10,11 @@ use crate::invariants::{
 };
 use crate::{LedgerReport, StoreResult};
 
-/// Checks every invariant; problems are collected, never fixed.
+/// Checks every invariant; problems are collected, never fixed. The caller (the store's
+/// read path) runs it in one transaction: one consistent WAL snapshot for every query.
 pub fn verify(connection: &Connection, _rules: &StoreRules) -> StoreResult<LedgerReport> {
-    // One deferred transaction = one consistent WAL snapshot for every query below.
-    connection.execute_batch("BEGIN")?;
-    let result = verify_in_snapshot(connection);
-    connection.execute_batch("COMMIT")?;
-    result
+    debug_assert!(!connection.is_autocommit(), "verify needs one snapshot");
+    verify_in_snapshot(connection)
 }
 
 fn verify_in_snapshot(connection: &Connection) -> StoreResult<LedgerReport> {
