@@ -10,7 +10,7 @@ use tollgate_core::hold::{HoldEvent, transition};
 use tollgate_core::ledger::check_debit;
 use tollgate_core::{
     AccountId, Actor, CycleAnchor, GrantCommand, HoldCommand, HoldStatus, IdempotencyKey, JournalTransaction,
-    Micros, NewAccount, Quantity, SpendState, Timestamp, UsageCommand,
+    Micros, NewAccount, Quantity, SpendState, Timestamp,
 };
 
 use super::events;
@@ -330,6 +330,11 @@ pub struct BatchAccounts {
 }
 
 impl BatchAccounts {
+    /// The batch's copy of an account; `None` if it does not exist.
+    pub fn get_mut(&mut self, id: &AccountId) -> Option<&mut StoredAccount> {
+        self.loaded.get_mut(id)
+    }
+
     /// Writes every account the batch loaded back (in id order, the order they were locked).
     pub async fn write_back<C: GenericClient + Sync>(&self, client: &C) -> PgResult<()> {
         for account in self.loaded.values() {
@@ -360,62 +365,6 @@ impl BatchAccounts {
         }
         Ok(accounts)
     }
-}
-
-/// [`charge_usage`] for one event of a batch, with no savepoint: the account comes
-/// from, and its new state stays in, `accounts` (loaded by [`BatchAccounts::load`]), and
-/// every refusal (`Ok(Err(..))`) is decided before the event's first write, so it leaves
-/// nothing behind. An `Err` came after a write (or from the database): the batch's
-/// transaction must roll back as a whole.
-pub async fn charge_usage_in_batch<C: GenericClient + Sync>(
-    client: &C,
-    context: &Context<'_>,
-    command: &UsageCommand,
-    accounts: &mut BatchAccounts,
-) -> PgResult<StoreResult<Idempotent<UsageRecord>>> {
-    let fingerprint = command.fingerprint();
-    match replayed_transaction(client, &command.account, &command.idempotency_key, &fingerprint).await {
-        Ok(Some(id)) => {
-            return Ok(Ok(Idempotent {
-                value: rows::load_usage(client, &id).await?,
-                replayed: true,
-            }));
-        }
-        Ok(None) => {}
-        Err(PgError::Store(refusal)) => return Ok(Err(refusal)),
-        Err(error) => return Err(error),
-    }
-    let Some(account) = accounts.loaded.get_mut(&command.account) else {
-        return Ok(Err(not_found("account", &command.account)));
-    };
-    let decision = match decide_usage(
-        context.rules,
-        &account.record,
-        &command.action,
-        command.quantity,
-        None,
-        context.now,
-    ) {
-        Ok(decision) => decision,
-        Err(refusal) => return Ok(Err(refusal)),
-    };
-    let usage = write_usage(
-        client,
-        context,
-        account,
-        PricedUsage {
-            action: &command.action,
-            quantity: command.quantity,
-            journal_kind_for_hold: None,
-            idempotency: Some((&command.idempotency_key, fingerprint)),
-        },
-        decision,
-    )
-    .await?;
-    Ok(Ok(Idempotent {
-        value: usage,
-        replayed: false,
-    }))
 }
 
 pub async fn grant<C: GenericClient + Sync>(
