@@ -24,7 +24,7 @@ use crate::{Idempotent, StoreError, StoreResult, TransactionLine, UsageRecord, n
 /// What became of one event before anything was written.
 enum Staged {
     /// Decided; its answer is final.
-    Answered(StoreResult<Idempotent<UsageRecord>>),
+    Answered(Box<StoreResult<Idempotent<UsageRecord>>>),
     /// A repeat of an earlier event of this batch: answered from the database once that
     /// one is written, exactly as a later replay would be.
     RepeatOf(String),
@@ -92,12 +92,12 @@ pub async fn charge_batch<C: GenericClient + Sync>(
                 key: command.idempotency_key.to_string(),
             };
             staged.push(match (stored == Some(fingerprint.as_str()), in_this_batch) {
-                (false, _) => Staged::Answered(Err(conflict())),
+                (false, _) => Staged::Answered(Box::new(Err(conflict()))),
                 (true, true) => Staged::RepeatOf(id),
-                (true, false) => Staged::Answered(Ok(Idempotent {
+                (true, false) => Staged::Answered(Box::new(Ok(Idempotent {
                     value: rows::load_usage(client, &id).await?,
                     replayed: true,
-                })),
+                }))),
             });
             continue;
         }
@@ -105,10 +105,10 @@ pub async fn charge_batch<C: GenericClient + Sync>(
         if let Ok(usage) = &answer {
             accepted.insert(key, (fingerprint, usage.id.clone()));
         }
-        staged.push(Staged::Answered(answer.map(|value| Idempotent {
+        staged.push(Staged::Answered(Box::new(answer.map(|value| Idempotent {
             value,
             replayed: false,
-        })));
+        }))));
     }
     write_rows(client, context, &rows).await?;
     events::insert_events(client, context, &rows.events).await?;
@@ -116,7 +116,7 @@ pub async fn charge_batch<C: GenericClient + Sync>(
     let mut answers = Vec::with_capacity(staged.len());
     for item in staged {
         answers.push(match item {
-            Staged::Answered(answer) => answer,
+            Staged::Answered(answer) => *answer,
             Staged::RepeatOf(id) => Ok(Idempotent {
                 value: rows::load_usage(client, &id).await?,
                 replayed: true,
