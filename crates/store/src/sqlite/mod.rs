@@ -2,7 +2,6 @@
 //! writer thread that group-commits, and a small pool of read connections.
 
 mod account_cache;
-mod checkpoint;
 mod events;
 mod invoices;
 mod ops;
@@ -58,7 +57,6 @@ pub struct SqliteStore {
     writer: writer::Writer,
     readers: Arc<ReadPool>,
     rules: Arc<StoreRules>,
-    _checkpointer: checkpoint::Checkpointer,
 }
 
 /// Statements kept prepared per connection: more than the store uses, so none is ever
@@ -116,12 +114,12 @@ impl SqliteStore {
         // file by default, written with a system call per page; in memory they cost a copy.
         // A page cache large enough for a whole group's dirty pages, so none spills to the
         // WAL before the commit.
+        // WAL checkpoints stay SQLite's own, inside the commit that crosses 1,000 pages. A
+        // thread of their own (PASSIVE every 250 ms) was tried: p99 at half load was 55 to
+        // 265 ms in the runs with it and 18 to 86 ms in those without, so it did not stay.
         write_connection.execute_batch(&format!(
-            "PRAGMA temp_store = MEMORY; PRAGMA cache_size = -{WRITER_PAGE_CACHE_KIB};
-             PRAGMA wal_autocheckpoint = {};",
-            checkpoint::WRITER_AUTOCHECKPOINT_PAGES
+            "PRAGMA temp_store = MEMORY; PRAGMA cache_size = -{WRITER_PAGE_CACHE_KIB};"
         ))?;
-        let checkpointer = checkpoint::Checkpointer::start(path)?;
         let writer = writer::Writer::start(write_connection, rules.clone())
             .map_err(|error| StoreError::Database(format!("could not start the writer thread: {error}")))?;
         let mut connections = Vec::with_capacity(READ_CONNECTIONS);
@@ -137,7 +135,6 @@ impl SqliteStore {
                 permits: Semaphore::new(READ_CONNECTIONS),
             }),
             rules,
-            _checkpointer: checkpointer,
         })
     }
 
