@@ -91,6 +91,27 @@ pub(crate) fn decide_usage(
 }
 
 /// The usage record a decided charge becomes once its journal line is written.
+/// Adds a decided charge to the account's spend. Returns the `tier.upgraded` event if the
+/// charge moved the account up a tier (it was priced at the tier it started from).
+pub(crate) fn record_spend(
+    rules: &StoreRules,
+    account: &mut AccountRecord,
+    decision: &UsageDecision,
+) -> StoreResult<Option<crate::events::PendingEvent>> {
+    let quote = &decision.quote;
+    account
+        .spend
+        .record_charge(quote.amount, quote.savings)
+        .map_err(overflow)?;
+    let tier_after = account.spend.current_tier(&rules.price_book, rules.tier_basis);
+    Ok(crate::events::tier_upgrade(
+        rules,
+        &account.id,
+        quote.tier,
+        tier_after,
+    ))
+}
+
 pub(crate) fn usage_record(
     rules: &StoreRules,
     decision: UsageDecision,

@@ -17,8 +17,8 @@ use tollgate_core::{AccountId, UsageCommand};
 use super::ops::{BatchAccounts, Context};
 use super::prepared::Prepared as _;
 use super::{PgResult, events, rows};
-use crate::decide::{decide_usage, not_found, overflow, usage_record};
-use crate::events::{PendingEvent, balance_events, tier_upgrade};
+use crate::decide::{decide_usage, not_found, overflow, record_spend, usage_record};
+use crate::events::{PendingEvent, balance_events};
 use crate::{Idempotent, StoreError, StoreResult, TransactionLine, UsageRecord, new_id};
 
 /// What became of one event before anything was written.
@@ -186,28 +186,14 @@ fn stage(
         .ok_or(StoreError::ChargeTooLarge)?;
     let quantity = i64::try_from(command.quantity.get()).map_err(|_| StoreError::ChargeTooLarge)?;
     let quote = &decision.quote;
-    let tier_before = quote.tier;
-    account
-        .record
-        .spend
-        .record_charge(quote.amount, quote.savings)
-        .map_err(overflow)?;
-    let tier_after = account
-        .record
-        .spend
-        .current_tier(&context.rules.price_book, context.rules.tier_basis);
+    let upgraded = record_spend(context.rules, &mut account.record, &decision)?;
     let mut events = balance_events(
         &account.record.id,
         account.record.balances,
         balances_after,
         context.rules.balance_low_level,
     );
-    events.extend(tier_upgrade(
-        context.rules,
-        &account.record.id,
-        tier_before,
-        tier_after,
-    ));
+    events.extend(upgraded);
     account.record.balances = balances_after;
     account.journal_sequence = sequence;
     // Everything that can refuse has been asked: from here on the event is accepted.

@@ -16,8 +16,8 @@ use tollgate_core::{
 use super::events;
 use super::rows::{self, StoredAccount};
 use super::{PgError, PgResult};
-use crate::decide::{decide_usage, not_found, overflow, usage_record};
-use crate::events::{balance_events, tier_upgrade};
+use crate::decide::{decide_usage, not_found, overflow, record_spend, usage_record};
+use crate::events::balance_events;
 use crate::{
     AccountRecord, AuditRecord, HoldRecord, Idempotent, StoreError, StoreResult, StoreRules, TransactionLine,
     UsageRecord, new_id,
@@ -280,18 +280,7 @@ async fn write_usage<C: GenericClient + Sync>(
     )
     .await?;
     let quote = &decision.quote;
-    // The charge was priced at the tier it started from.
-    let tier_before = quote.tier;
-    account
-        .record
-        .spend
-        .record_charge(quote.amount, quote.savings)
-        .map_err(overflow)?;
-    let tier_after = account
-        .record
-        .spend
-        .current_tier(&context.rules.price_book, context.rules.tier_basis);
-    if let Some(upgraded) = tier_upgrade(context.rules, &account.record.id, tier_before, tier_after) {
+    if let Some(upgraded) = record_spend(context.rules, &mut account.record, &decision)? {
         events::insert_events(client, context, &[upgraded]).await?;
     }
     client

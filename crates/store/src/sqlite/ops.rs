@@ -14,8 +14,8 @@ use super::account_cache::{self, CachedAccount};
 use super::events;
 use super::rows::{self, StoredAccount};
 use super::writer::{self, WriteContext};
-use crate::decide::{decide_usage, not_found, overflow, usage_record};
-use crate::events::{balance_events, tier_upgrade};
+use crate::decide::{decide_usage, not_found, overflow, record_spend, usage_record};
+use crate::events::balance_events;
 use crate::{
     AccountRecord, AuditRecord, HoldRecord, Idempotent, StoreError, StoreResult, TransactionLine,
     UsageRecord, new_id,
@@ -314,18 +314,7 @@ fn record_usage(
         },
     )?;
     let quote = &decision.quote;
-    // The charge was priced at the tier it started from.
-    let tier_before = quote.tier;
-    account
-        .record
-        .spend
-        .record_charge(quote.amount, quote.savings)
-        .map_err(overflow)?;
-    let tier_after = account
-        .record
-        .spend
-        .current_tier(&context.rules.price_book, context.rules.tier_basis);
-    if let Some(upgraded) = tier_upgrade(context.rules, &account.record.id, tier_before, tier_after) {
+    if let Some(upgraded) = record_spend(context.rules, &mut account.record, &decision)? {
         events::insert_events(context, &[upgraded])?;
     }
     context
