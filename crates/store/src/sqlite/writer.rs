@@ -394,20 +394,14 @@ mod tests {
         let writer = Writer::start(connection, test_rules()).unwrap();
         let refused = || StoreError::IdempotencyConflict { key: "k".to_owned() };
         // A refusal before any write: its neighbours commit.
-        let slow = writer.write(|_| {
-            std::thread::sleep(Duration::from_millis(200));
-            Ok(())
-        });
-        let group = async {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let group = in_one_group(&writer, async {
             tokio::join!(
                 writer.write_charges(|context| insert(context.connection, "a")),
                 writer.write_charges(move |_| Err::<(), _>(refused())),
                 writer.write_charges(|context| insert(context.connection, "b")),
             )
-        };
-        let (slow, (a, refusal, b)) = tokio::join!(slow, group);
-        slow.unwrap();
+        });
+        let (a, refusal, b) = group.await;
         a.unwrap();
         b.unwrap();
         assert!(
@@ -416,12 +410,7 @@ mod tests {
         );
         assert_eq!(rows(&path), vec!["a".to_owned(), "b".to_owned()]);
         // A failure after a write: the whole group is lost, and says so.
-        let slow = writer.write(|_| {
-            std::thread::sleep(Duration::from_millis(200));
-            Ok(())
-        });
-        let group = async {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let group = in_one_group(&writer, async {
             tokio::join!(
                 writer.write_charges(|context| insert(context.connection, "c")),
                 writer.write_charges(move |context| {
@@ -430,9 +419,8 @@ mod tests {
                 }),
                 writer.write_charges(|context| insert(context.connection, "d")),
             )
-        };
-        let (slow, (c, half, d)) = tokio::join!(slow, group);
-        slow.unwrap();
+        });
+        let (c, half, d) = group.await;
         assert!(c.is_err() && half.is_err() && d.is_err(), "{c:?} {half:?} {d:?}");
         assert_eq!(rows(&path), vec!["a".to_owned(), "b".to_owned()]);
         // The writer carries on.
@@ -441,6 +429,22 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(rows(&path), vec!["a".to_owned(), "b".to_owned(), "e".to_owned()]);
+    }
+
+    /// Runs `group` while a slow job holds the writer, so the jobs it submits queue up
+    /// and share one group commit.
+    async fn in_one_group<T>(writer: &Writer, group: impl std::future::Future<Output = T>) -> T {
+        let slow = writer.write(|_| {
+            std::thread::sleep(Duration::from_millis(200));
+            Ok(())
+        });
+        let late = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            group.await
+        };
+        let (slow, out) = tokio::join!(slow, late);
+        slow.unwrap();
+        out
     }
 
     fn test_rules() -> Arc<StoreRules> {
@@ -471,14 +475,8 @@ mod tests {
             )
             .unwrap();
         let writer = Writer::start(connection, test_rules()).unwrap();
-        // A slow job holds the writer so the next four queue up and share
-        // one group commit.
-        let slow = writer.write(|_| {
-            std::thread::sleep(Duration::from_millis(200));
-            Ok(())
-        });
-        let group = async {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        // The four share one group commit.
+        let group = in_one_group(&writer, async {
             tokio::join!(
                 writer.write(|context| insert(context.connection, "a")),
                 writer.write(|context| insert(context.connection, "boom")),
@@ -491,9 +489,8 @@ mod tests {
                     Ok(())
                 }),
             )
-        };
-        let (slow, (a, boom, c, batch)) = tokio::join!(slow, group);
-        slow.unwrap();
+        });
+        let (a, boom, c, batch) = group.await;
         assert!(boom.is_err());
         // The group is lost as a whole: every job reports failure…
         assert!(
