@@ -375,12 +375,14 @@ pub fn charge_usage(
 }
 
 /// [`charge_usage`] on the hot path: with no savepoint when the charge can refuse only
-/// before its first write ([`writer::charge_needs_no_savepoint`]), else in one.
+/// before its first write (its account is cached and none of its holds may have run out:
+/// releasing one would be a write before the decision), else in one.
 pub fn charge_usage_hot(
     context: &WriteContext<'_>,
     command: &UsageCommand,
 ) -> StoreResult<Idempotent<UsageRecord>> {
-    if writer::charge_needs_no_savepoint(context, &command.account) {
+    // False for an account not in the cache, too.
+    if !holds_may_be_due(context, &command.account) {
         writer::guarded(context, || charge_usage(context, command))
     } else {
         writer::in_savepoint(context, "charge", || charge_usage(context, command))

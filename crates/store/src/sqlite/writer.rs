@@ -152,18 +152,6 @@ pub fn guarded<T>(context: &WriteContext<'_>, operation: impl FnOnce() -> StoreR
     result
 }
 
-/// Whether a charge on `account` can run [`guarded`]: its account is cached and none of
-/// its holds may have run out (releasing one would be a write before the decision).
-pub fn charge_needs_no_savepoint(context: &WriteContext<'_>, account: &tollgate_core::AccountId) -> bool {
-    context.cache.is_some_and(|cache| {
-        cache.borrow().get(account).is_some_and(|cached| {
-            cached
-                .earliest_hold_expiry
-                .is_none_or(|earliest| earliest > context.now)
-        })
-    })
-}
-
 impl Writer {
     /// Starts the writer thread on `connection`.
     pub fn start(connection: Connection, rules: Arc<StoreRules>) -> std::io::Result<Writer> {
@@ -196,7 +184,7 @@ impl Writer {
     }
 
     /// Like [`Writer::write_cached`], for usage charges: the job has no savepoint of its
-    /// own; it runs each charge [`guarded`] when [`charge_needs_no_savepoint`], else in
+    /// own; it runs each charge [`guarded`] when it can refuse only before writing, else in
     /// [`in_savepoint`]. The operation must not write outside those.
     pub async fn write_charges<T, F>(&self, operation: F) -> StoreResult<T>
     where
